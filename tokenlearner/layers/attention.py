@@ -1,0 +1,60 @@
+import math
+
+import keras
+from keras import layers, ops
+
+
+@keras.saving.register_keras_serializable(package="tokenlearner")
+class MultiHeadSelfAttention(layers.Layer):
+    """Multi-head self-attention with the maths of `keras.layers.MultiHeadAttention`
+    (queries scaled by 1/sqrt(key_dim), softmax, dropout on the attention weights),
+    and the same parameter count, but with the query, key and value projections fused
+    into one Dense: one large matmul instead of three small ones.
+
+    Args:
+        num_heads: number of heads.
+        key_dim: width of each head's queries, keys and values.
+        dropout: dropout rate on the attention weights.
+
+    Shape: (B, T, C) -> (B, T, C).
+    """
+
+    def __init__(self, num_heads, key_dim, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.dropout = dropout
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        inner = self.num_heads * self.key_dim
+        self.qkv = layers.Dense(3 * inner, name="qkv")
+        self.qkv.build(input_shape)
+        self.output_projection = layers.Dense(width, name="output_projection")
+        self.output_projection.build(tuple(input_shape[:-1]) + (inner,))
+        self.attention_dropout = layers.Dropout(self.dropout, name="attention_dropout")
+
+    def call(self, x, training=False):
+        tokens = x.shape[1]
+        qkv = ops.reshape(self.qkv(x), (-1, tokens, 3, self.num_heads, self.key_dim))
+        qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))  # (3, B, heads, T, key_dim)
+        query, key, value = qkv[0], qkv[1], qkv[2]
+        query = query * (1.0 / math.sqrt(self.key_dim))
+        scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))  # (B, heads, T, T)
+        weights = self.attention_dropout(ops.softmax(scores, axis=-1), training=training)
+        attended = ops.matmul(weights, value)  # (B, heads, T, key_dim)
+        attended = ops.reshape(
+            ops.transpose(attended, (0, 2, 1, 3)), (-1, tokens, self.num_heads * self.key_dim)
+        )
+        return self.output_projection(attended)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "key_dim": self.key_dim,
+            "dropout": self.dropout,
+        }
