@@ -1,0 +1,5 @@
+import sys
+
+from tokenlearner.cli import main
+
+sys.exit(main())
