@@ -1,0 +1,32 @@
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REFERENCE = SHARED / "reference" / "keras_io_reference.py"
+
+
+def python_command(*args: str) -> list[str]:
+    """Run this interpreter with the repository importable, as a user's shell would."""
+    return [sys.executable, *args]
+
+
+@pytest.fixture(scope="session")
+def reference_script() -> Path:
+    if not REFERENCE.is_file():
+        pytest.skip(f"the keras.io reference is not at {REFERENCE}")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    configured = os.environ.get("TOKENLEARNER_DATA_DIR")
+    if not configured or not Path(configured).is_dir():
+        pytest.skip("TOKENLEARNER_DATA_DIR does not point at a cifar-10-batches-py folder")
+    return Path(configured)

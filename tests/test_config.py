@@ -1,0 +1,88 @@
+import json
+
+import pytest
+
+from tokenlearner import PRESETS, ModelConfig, preset
+
+
+def test_defaults_are_the_keras_io_example():
+    config = ModelConfig()
+    assert (config.input_size, config.resize_size, config.image_size, config.patch_size) == (32, 52, 48, 6)
+    assert (config.dim, config.depth, config.heads, config.key_dim) == (128, 4, 4, 128)
+    assert config.mlp_units == (256, 128)
+    assert (config.dropout, config.attention_dropout) == (0.1, 0.1)
+    assert (config.tokenlearner, config.num_tokens, config.placement) == ("v1", 4, 3)
+    assert config.pooling == "mean" and not config.fuser
+    assert config.num_patches == 64 and config.tokens_per_block() == [64, 64, 64, 4]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_json_round_trip(name):
+    config = PRESETS[name]
+    restored = ModelConfig.from_json(config.to_json())
+    assert restored == config
+    assert json.loads(config.to_json())["mlp_units"] == list(config.mlp_units)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"num_tokens": 0}, "num_tokens=0 is out of range: must be from 1 to 64"),
+        ({"num_tokens": 65}, "num_tokens=65 is out of range: must be from 1 to 64"),
+        ({"placement": 5}, "placement=5 is out of range: must be from 0 to 4"),
+        ({"placement": -1}, "placement=-1 is out of range"),
+        ({"image_size": 50}, "image_size=50 is not divisible by patch_size=6"),
+        ({"heads": 0}, "heads=0 is out of range: must be from 1"),
+        ({"depth": 0}, "depth=0 is out of range: must be from 1"),
+        ({"resize_size": 40}, "resize_size=40 is out of range: must be from 48"),
+        ({"image_size": 54}, "resize_size=52 is out of range: must be from 54"),
+        ({"tokenlearner": "v2"}, "tokenlearner='v2' is not allowed: choose one of none, v1, v11"),
+        ({"pooling": "max"}, "pooling='max' is not allowed"),
+        ({"inference_crop": "random"}, "inference_crop='random' is not allowed"),
+        ({"dropout": 1.0}, "dropout=1.0 is out of range: must be in [0, 1)"),
+        ({"attention_dropout": float("nan")}, "attention_dropout=nan is out of range"),
+        ({"mlp_units": (256, 64)}, "mlp_units=[256, 64] must end with dim=128"),
+        ({"mlp_units": ()}, "mlp_units=() is empty"),
+        ({"depth": "4"}, "depth='4' must be of type int, not str"),
+        ({"depth": True}, "depth=True must be of type int, not bool"),
+        ({"fuser": 1}, "fuser=1 must be of type bool, not int"),
+        ({"fuser": True, "tokenlearner": "none"}, "fuser=True needs a TokenLearner"),
+        ({"fuser": True, "placement": 4}, "placement=4 with fuser=True must be less than depth=4"),
+        ({"tokenlearner": "v11", "v11_groups": 3}, "v11_groups=3 does not divide dim=128"),
+        ({"tokenlearner": "v11", "pooling": "sum"}, "pooling='sum' applies to TokenLearner v1.0 only"),
+    ],
+)
+def test_invalid_configs_name_field_value_and_range(changes, message):
+    with pytest.raises(ValueError) as error:
+        ModelConfig().replace(**changes)
+    assert message in str(error.value)
+
+
+def test_from_dict_rejects_unknown_fields_and_bad_json():
+    with pytest.raises(ValueError, match="unknown model config field.*tokens"):
+        ModelConfig.from_dict({"tokens": 8})
+    with pytest.raises(ValueError, match="not valid JSON"):
+        ModelConfig.from_json("{depth: 4")
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        ModelConfig.from_json("[1, 2]")
+
+
+def test_unknown_preset_lists_the_names():
+    with pytest.raises(ValueError, match="keras-io-8-tokens"):
+        preset("keras-io-16-tokens")
+
+
+@pytest.mark.parametrize(
+    "crop, region", [("top_left", (0.0, 0.0, 48 / 52, 48 / 52)), ("center", (2 / 52, 2 / 52, 50 / 52, 50 / 52))]
+)
+def test_covered_region(crop, region):
+    assert ModelConfig(inference_crop=crop).covered_region() == pytest.approx(region)
+
+
+def test_config_import_does_not_load_tensorflow():
+    import subprocess
+    import sys
+
+    code = "import sys, tokenlearner, tokenlearner.flops; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "False False"
