@@ -1,0 +1,12 @@
+"""TokenLearner Explorer: `streamlit run app.py`."""
+
+import streamlit as st
+
+st.set_page_config(page_title="TokenLearner Explorer", page_icon=":material/grid_view:", layout="wide")
+page = st.navigation(
+    [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/flops.py", title="FLOPs", icon=":material/calculate:"),
+    ]
+)
+page.run()

@@ -1,0 +1,61 @@
+"""Plotly figures for the app, built from library results (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from tokenlearner.config import ModelConfig
+from tokenlearner.flops import CATEGORIES, CostReport, count
+
+CATEGORY_LABELS = {
+    "patch_embedding": "patch embedding",
+    "attention_projections": "attention projections",
+    "attention_matmuls": "attention matmuls (QK^T, AV)",
+    "mlp": "MLP",
+    "tokenlearner": "TokenLearner",
+    "tokenfuser": "TokenFuser",
+    "head": "classifier",
+}
+
+
+def macs_breakdown_figure(reports: dict[str, CostReport]) -> go.Figure:
+    """Stacked bars of MACs per category, one bar per labelled config, with each
+    config's keras.io-convention figure (in mega-MACs-equivalent) marked beside it."""
+    labels = list(reports)
+    figure = go.Figure()
+    for category in CATEGORIES:
+        values = [reports[label].macs_by_category()[category] / 1e6 for label in labels]
+        if any(values):
+            figure.add_bar(name=CATEGORY_LABELS[category], x=labels, y=values)
+    figure.add_scatter(
+        name="keras.io convention (GFLOPs x 1000)",
+        x=labels,
+        y=[reports[label].keras_io_gflops * 1e3 for label in labels],
+        mode="markers",
+        marker={"symbol": "diamond", "size": 12, "color": "black"},
+    )
+    figure.update_layout(barmode="stack", yaxis_title="MACs per image (millions)", legend_title="where the work is")
+    return figure
+
+
+def macs_sweep_figure(config: ModelConfig, parameter: str) -> go.Figure:
+    """Total MACs (full count) and the keras.io convention as `parameter`
+    (`"num_tokens"` or `"placement"`) runs over its valid range, the rest of `config` fixed."""
+    if parameter == "num_tokens":
+        values = range(1, min(config.num_patches, 64) + 1)
+    elif parameter == "placement":
+        values = range(0, config.depth + (0 if config.fuser else 1))
+    else:
+        raise ValueError(f"parameter={parameter!r}: choose num_tokens or placement")
+    learned = config if config.tokenlearner != "none" else config.replace(tokenlearner="v1")
+    reports = [count(learned.replace(**{parameter: value})) for value in values]
+    baseline = count(config.replace(tokenlearner="none", fuser=False, pooling="mean"))
+    figure = go.Figure()
+    figure.add_scatter(name="MACs (full count)", x=list(values), y=[r.macs / 1e6 for r in reports], mode="lines+markers")
+    figure.add_scatter(name="keras.io convention (GFLOPs x 1000)", x=list(values),
+                       y=[r.keras_io_gflops * 1e3 for r in reports], mode="lines+markers")
+    figure.add_hline(y=baseline.macs / 1e6, line_dash="dot",
+                     annotation_text="no TokenLearner (full count)", annotation_position="top left")
+    figure.update_layout(xaxis_title=parameter.replace("num_tokens", "number of tokens"),
+                         yaxis_title="millions per image")
+    return figure
