@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tokenlearner import ModelConfig
-from tokenlearner.checkpoint import load_checkpoint
 from tokenlearner.keras_io import keras_io_weight_map, load_keras_io_weights
+from tokenlearner.runs import RunDirectory
 
 # reference flags -> our flags (the reference puts TokenLearner after block depth // 2)
 CONFIGS = {
@@ -48,7 +48,9 @@ def test_imported_weights_reproduce_the_reference(name, reference_script, cifar_
                               str(tmp_path / "checkpoint"), *our_flags)
     assert result.returncode == 0, result.stderr
     assert f"({reference_params:,} parameters)" in result.stdout
-    model, _ = load_checkpoint(tmp_path / "checkpoint")
+    run = RunDirectory(tmp_path / "checkpoint")
+    assert run.status()["state"] == "finished"
+    model, _ = run.load_model()
     saved = np.load(probe)
     ours = np.asarray(model(saved["images"].astype("float32"), training=False))
     np.testing.assert_allclose(ours, saved["outputs"], atol=1e-5)

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tokenlearner import PRESETS, ModelConfig, attention_maps, build_model, predict_with_maps
-from tokenlearner.checkpoint import load_checkpoint, save_checkpoint
+from tokenlearner.runs import RunDirectory, RunError
 from tokenlearner.flops import count_params
 
 VARIANTS = {
@@ -71,11 +71,12 @@ def test_backward_reaches_every_weight(name):
 
 
 @pytest.mark.parametrize("name", ["keras-io-4-tokens", "keras-io-no-tokenlearner", "v11-grouped-fuser"])
-def test_checkpoint_round_trip(name, tmp_path):
+def test_run_directory_round_trip(name, tmp_path):
     config = VARIANTS[name]
     model = build_model(config)
-    save_checkpoint(tmp_path / "run", model, config)
-    restored, restored_config = load_checkpoint(tmp_path / "run")
+    run = RunDirectory(tmp_path / "run").create({"model": config.to_dict()})
+    run.save_model(model)
+    restored, restored_config = run.load_model()
     assert restored_config == config
     before, before_maps = predict_with_maps(model, IMAGES)
     after, after_maps = predict_with_maps(restored, IMAGES)
@@ -83,7 +84,7 @@ def test_checkpoint_round_trip(name, tmp_path):
     assert before_maps.keys() == after_maps.keys()
     for key in before_maps:
         np.testing.assert_array_equal(before_maps[key], after_maps[key])
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "model.keras"]
+    assert sorted(p.name for p in run.path.iterdir()) == ["config.json", "model.keras"]
 
 
 def test_inference_is_deterministic_and_training_is_not():
@@ -107,8 +108,9 @@ def test_empty_input_is_refused():
 @pytest.mark.parametrize("broken", ["missing_model", "bad_json", "bad_config", "corrupt_model"])
 def test_broken_checkpoints_give_clear_errors(broken, tmp_path):
     config = ModelConfig(depth=1, placement=1)
-    directory = tmp_path / "run"
-    save_checkpoint(directory, build_model(config), config)
+    run = RunDirectory(tmp_path / "run").create({"model": config.to_dict()})
+    run.save_model(build_model(config))
+    directory = run.path
     if broken == "missing_model":
         (directory / "model.keras").unlink()
         message = "has no model.keras"
@@ -121,5 +123,5 @@ def test_broken_checkpoints_give_clear_errors(broken, tmp_path):
     else:
         (directory / "model.keras").write_bytes(b"PK\x03\x04 truncated")
         message = "model.keras could not be loaded"
-    with pytest.raises(ValueError, match=message):
-        load_checkpoint(directory)
+    with pytest.raises(RunError, match=message):
+        run.load_model()

@@ -12,9 +12,11 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
-from tokenlearner.config import ModelConfig
+from tokenlearner.config import ModelConfig, TrainConfig
+from tokenlearner.data import DATA_ENV
 from tokenlearner.presets import PRESETS, preset
 
 
@@ -31,7 +33,15 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (defaults: the keras.io example)")
     group.add_argument("--preset", default="keras-io-4-tokens", choices=list(PRESETS),
                        help="configuration to start from; the flags below override it")
-    for field in dataclasses.fields(ModelConfig):
+    _add_fields(group, ModelConfig)
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    _add_fields(parser.add_argument_group("training (defaults: the keras.io recipe)"), TrainConfig)
+
+
+def _add_fields(group, config_class) -> None:
+    for field in dataclasses.fields(config_class):
         flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
         help_text = f"{field.metadata['help']} (default {_show(field.default)})"
         if field.type == "bool":
@@ -43,15 +53,25 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
                                help=help_text)
 
 
-def model_config(args: argparse.Namespace) -> ModelConfig:
-    """The config the flags describe; a `UsageError` with the config's message if invalid."""
-    overrides = {
+def _overrides(args: argparse.Namespace, config_class) -> dict:
+    return {
         field.name: getattr(args, field.name)
-        for field in dataclasses.fields(ModelConfig)
+        for field in dataclasses.fields(config_class)
         if getattr(args, field.name) is not None
     }
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    """The config the flags describe; a `UsageError` with the config's message if invalid."""
     try:
-        return preset(args.preset).replace(**overrides)
+        return preset(args.preset).replace(**_overrides(args, ModelConfig))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    try:
+        return TrainConfig(**_overrides(args, TrainConfig))
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -119,13 +139,11 @@ def run_import_keras_io(args: argparse.Namespace) -> None:
     import_keras_quietly()
     import numpy as np
 
-    from tokenlearner.checkpoint import save_checkpoint
     from tokenlearner.keras_io import load_keras_io_weights
+    from tokenlearner.runs import RunDirectory
 
     config = model_config(args)
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"--out {out} already exists and is not an empty directory: choose a new one")
+    run = _new_run(args.out)
     probe = _read_probe(args.probe) if args.probe else None
     try:
         model = load_keras_io_weights(args.weights, config)
@@ -138,8 +156,19 @@ def run_import_keras_io(args: argparse.Namespace) -> None:
         if difference > args.tolerance:
             raise UsageError(f"outputs differ by {difference:.2e} > {args.tolerance:g}: the flags do not "
                              "describe the model that wrote these weights; nothing was written")
-    save_checkpoint(out, model, config, source={"keras_io_weights": str(Path(args.weights).resolve())})
-    print(f"wrote {out} ({model.count_params():,} parameters)")
+    run.create({"model": config.to_dict(), "source": {"keras_io_weights": str(Path(args.weights).resolve())}})
+    run.save_model(model)
+    run.set_status("finished")
+    print(f"wrote {run.path} ({model.count_params():,} parameters)")
+
+
+def _new_run(path: str):
+    from tokenlearner.runs import RunDirectory
+
+    run = RunDirectory(path)
+    if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
+        raise UsageError(f"--out {run.path} already exists and is not an empty directory: choose a new one")
+    return run
 
 
 def _read_probe(path: str):
@@ -152,6 +181,106 @@ def _read_probe(path: str):
         raise UsageError(f"{path} is not a probe file with 'images' and 'outputs' arrays ({error})") from None
 
 
+# train, evaluate, download, bench -----------------------------------------------------------
+
+
+class TerminalReport:
+    """Progress lines overwrite each other on a terminal; everything else gets its own line."""
+
+    def __init__(self, stream=sys.stdout):
+        self.stream = stream
+        self.overwrite = stream.isatty()
+        self.pending = False
+
+    def __call__(self, message: str, transient: bool) -> None:
+        if transient and self.overwrite:
+            self.stream.write("\r" + message.ljust(100))
+            self.pending = True
+        else:
+            if self.pending:
+                self.stream.write("\n")
+                self.pending = False
+            self.stream.write(message + "\n")
+        self.stream.flush()
+
+
+def _load_data(data_dir: str | None):
+    from tokenlearner.data import DataError, find_data_dir, load_cifar10
+
+    try:
+        return load_cifar10(find_data_dir(data_dir))
+    except DataError as error:
+        raise UsageError(str(error)) from None
+
+
+def run_train(args: argparse.Namespace) -> None:
+    started = time.time()
+    model, training = model_config(args), train_config(args)
+    _new_run(args.out)
+    data = _load_data(args.data_dir)
+    import_keras_quietly()
+    from tokenlearner.training import train
+
+    summary = train(model, training, data, args.out, report=TerminalReport(), started=started)
+    if summary["stopped"]:
+        print(f"stopped after {summary['epochs_completed']} epoch(s); the best weights so far are in {args.out}")
+    else:
+        print(f"wrote {args.out}: test top-1 {summary['test_top1']:.4f}, top-5 {summary['test_top5']:.4f}")
+
+
+def _open_run(path: str):
+    from tokenlearner.runs import RunDirectory, RunError
+
+    import_keras_quietly()
+    try:
+        model, config = RunDirectory(path).load_model()
+    except RunError as error:
+        raise UsageError(str(error)) from None
+    return model, config
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    model, config = _open_run(args.run)
+    data = _load_data(args.data_dir)
+    from tokenlearner.training import Steps
+
+    result = Steps(model, None, 0.0, config.num_classes).evaluate(data.test_images, data.test_labels)
+    result = {"test_top1": result["top1"], "test_top5": result["top5"], "test_loss": result["loss"],
+              "test_images": len(data.test_labels), "class_names": list(data.class_names),
+              "confusion": result["confusion"]}
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{args.run} on {len(data.test_labels)} test images of {data.directory}:")
+    print(f"top-1 {result['test_top1']:.4f}  top-5 {result['test_top5']:.4f}  loss {result['test_loss']:.4f}")
+
+
+def run_download(args: argparse.Namespace) -> None:
+    import_keras_quietly()
+    from tokenlearner.data import DataError, download
+
+    try:
+        print(f"CIFAR-10 is in {download(args.cache_dir)}")
+    except DataError as error:
+        raise UsageError(str(error)) from None
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    started = time.time()
+    config = model_config(args)
+    import_keras_quietly()
+    from tokenlearner.benchmark import benchmark
+
+    result = benchmark(config, args.batch_size, args.steps, started)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"training: {result['train_images_per_s']:.1f} images/s ({result['train_s_per_step']:.3f} s per step "
+          f"of {args.batch_size}, median of {args.steps})")
+    print(f"inference: {result['infer_ms_per_image']:.3f} ms per image (batches of {args.batch_size})")
+    print(f"first training step done {result['first_step_s']:.1f} s after the command started")
+
+
 # entry point -----------------------------------------------------------------------------
 
 
@@ -162,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     flops = commands.add_parser("flops", help="parameters, MACs and keras.io-convention GFLOPs, per layer")
     add_model_flags(flops)
     flops.add_argument("--json", action="store_true", help="print one JSON object")
-    flops.set_defaults(run=run_flops)
+    flops.set_defaults(handler=run_flops)
 
     importer = commands.add_parser(
         "import-keras-io", help="turn weights saved by the keras.io example into a checkpoint directory"
@@ -172,14 +301,38 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--probe", help="the reference's --probe file: check our outputs against it")
     importer.add_argument("--tolerance", type=float, default=1e-5, help="largest allowed output difference")
     add_model_flags(importer)
-    importer.set_defaults(run=run_import_keras_io)
+    importer.set_defaults(handler=run_import_keras_io)
+
+    trainer = commands.add_parser("train", help="train a model and write its run directory")
+    trainer.add_argument("--out", required=True, help="run directory to create")
+    trainer.add_argument("--data-dir", help=f"a cifar-10-batches-py folder (default: ${DATA_ENV}, then the Keras cache)")
+    add_model_flags(trainer)
+    add_train_flags(trainer)
+    trainer.set_defaults(handler=run_train)
+
+    evaluator = commands.add_parser("evaluate", help="test top-1/top-5 of a run directory or checkpoint")
+    evaluator.add_argument("run", help="run directory or shipped checkpoint")
+    evaluator.add_argument("--data-dir", help="a cifar-10-batches-py folder")
+    evaluator.add_argument("--json", action="store_true", help="print one JSON object, with the confusion matrix")
+    evaluator.set_defaults(handler=run_evaluate)
+
+    downloader = commands.add_parser("download", help="download CIFAR-10 into the Keras cache (about 170 MB)")
+    downloader.add_argument("--cache-dir", help="instead of ~/.keras")
+    downloader.set_defaults(handler=run_download)
+
+    bench = commands.add_parser("bench", help="training images/s and inference ms/image, after warm-up")
+    bench.add_argument("--batch-size", type=int, default=256)
+    bench.add_argument("--steps", type=int, default=6, help="timed training steps")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    add_model_flags(bench)
+    bench.set_defaults(handler=run_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        args.handler(args)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -214,6 +214,56 @@ class ModelConfig:
                 )
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained; the defaults are the keras.io recipe."""
+
+    epochs: int = _knob(20, "passes over the training images (keras.io: 20)")
+    batch_size: int = _knob(256, "images per step (keras.io: 256)")
+    learning_rate: float = _knob(1e-3, "AdamW learning rate, the peak when a schedule is used (keras.io: 1e-3)")
+    weight_decay: float = _knob(1e-4, "AdamW weight decay (keras.io: 1e-4)")
+    schedule: str = _knob("constant", "learning-rate schedule after warm-up: constant (keras.io) or cosine decay to 0")
+    warmup_epochs: int = _knob(0, "epochs of linear warm-up from 0 to learning_rate, fewer than epochs")
+    label_smoothing: float = _knob(0.0, "label smoothing of the cross-entropy, in [0, 1)")
+    seed: int = _knob(0, "seed of the split, the shuffling, the initial weights, augmentation and dropout")
+    validation_fraction: float = _knob(0.2, "share of the training batches held out for validation (keras.io: 0.2)")
+    limit: int = _knob(0, "train on only this many images (0: all), for quick runs")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        _in_range("epochs", self.epochs, 1, 10_000)
+        _in_range("batch_size", self.batch_size, 1, 8192)
+        if not 0.0 < self.learning_rate <= 1.0:
+            raise ValueError(f"learning_rate={self.learning_rate} is out of range: must be in (0, 1]")
+        if not 0.0 <= self.weight_decay < 1.0:
+            raise ValueError(f"weight_decay={self.weight_decay} is out of range: must be in [0, 1)")
+        _one_of("schedule", self.schedule, SCHEDULES)
+        _in_range("warmup_epochs", self.warmup_epochs, 0, self.epochs - 1, "fewer than epochs")
+        _fraction("label_smoothing", self.label_smoothing)
+        _in_range("seed", self.seed, 0, 2**31 - 1)
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction={self.validation_fraction} is out of range: must be in (0, 1)")
+        _in_range("limit", self.limit, 0, 10_000_000, "0 means every training image")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training config field(s) {', '.join(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
 def _check_type(name: str, value: Any, annotation: str) -> None:
     expected = {"int": int, "float": (int, float), "str": str, "bool": bool}.get(annotation)
     if annotation == "tuple[int, ...]":

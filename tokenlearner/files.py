@@ -9,6 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -22,6 +25,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(temporary)
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual mode
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

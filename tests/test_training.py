@@ -1,0 +1,138 @@
+"""The training engine end to end, through the command line, on small CIFAR-10 folders
+the tests write in the official format."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from cifar_files import make_cifar_folder
+from conftest import REPO
+
+from tokenlearner.runs import RunDirectory
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def small_cifar(tmp_path_factory):
+    return make_cifar_folder(tmp_path_factory.mktemp("data") / "cifar-10-batches-py", rows_per_batch=80,
+                             test_rows=50)
+
+
+def tokenlearner(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "tokenlearner", *args], capture_output=True, text=True,
+                          cwd=REPO, **kwargs)
+
+
+def start_training(out, data, *flags):
+    return subprocess.Popen([sys.executable, "-m", "tokenlearner", "train", "--out", str(out), "--data-dir",
+                             str(data), *flags], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for(condition, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def check_every_file_parses(run: RunDirectory):
+    for path in run.path.rglob("*"):
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".jsonl":
+            [json.loads(line) for line in path.read_text().splitlines()]
+        elif path.suffix == ".npz":
+            with np.load(path) as saved:
+                [saved[name] for name in saved.files]
+    assert not list(run.path.rglob(".*")), "a temporary file was left behind"
+
+
+def test_one_epoch_writes_a_complete_run_that_evaluate_reads(small_cifar, tmp_path):
+    flags = ["--epochs", "1", "--batch-size", "64", "--tokens", "8", "--seed", "7"]
+    result = tokenlearner("train", "--out", str(tmp_path / "run"), "--data-dir", str(small_cifar), *flags)
+    assert result.returncode == 0, result.stderr
+    run = RunDirectory(tmp_path / "run")
+    check_every_file_parses(run)
+    record = run.record()
+    assert record["model"]["num_tokens"] == 8 and record["train"]["seed"] == 7
+    assert record["data"] == {"directory": str(small_cifar), "train_images": 320, "val_images": 80,
+                              "test_images": 50, "class_names": record["data"]["class_names"]}
+    assert set(record["versions"]) == {"python", "keras", "tensorflow", "numpy"}
+    assert run.status()["state"] == "finished"
+    assert [epoch["epoch"] for epoch in run.epochs()] == [1]
+    summary = run.summary()
+    for key in ("test_top1", "test_top5", "params", "macs", "keras_io_gflops", "train_seconds",
+                "train_images_per_s", "first_step_s"):
+        assert summary[key] is not None, key
+    assert summary["params"] == 1_355_850
+    assert run.map_epochs() == [0, 1]
+    probabilities, maps = run.maps(1)
+    assert probabilities.shape == (8, 10) and maps["token_learner"].shape == (8, 8, 8, 8)
+    assert len(run.map_images()["train_batch_indices"]) == 8
+
+    evaluated = tokenlearner("evaluate", str(run.path), "--data-dir", str(small_cifar), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["test_top1"] == pytest.approx(summary["test_top1"])
+    assert np.asarray(result["confusion"]).sum() == 50
+
+    again = tokenlearner("train", "--out", str(tmp_path / "again"), "--data-dir", str(small_cifar), *flags)
+    assert again.returncode == 0, again.stderr
+    first, second = run.epochs()[0], RunDirectory(tmp_path / "again").epochs()[0]
+    for key in ("loss", "top1", "val_loss", "val_top1"):
+        assert first[key] == second[key], f"same seed, different {key}"
+
+
+def test_a_killed_run_leaves_only_complete_files(small_cifar, tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    process = start_training(run.path, small_cifar, "--epochs", "5", "--batch-size", "16")
+    wait_for(lambda: len(run.epochs()) >= 1 and (run.progress() or {}).get("epoch", 0) >= 2)
+    process.kill()
+    process.wait()
+    check_every_file_parses(run)
+    assert run.status()["state"] == "failed"  # its process is gone
+    model, config = run.load_model()
+    assert model.count_params() == 1_349_946 and config.num_tokens == 4
+
+
+@pytest.mark.parametrize("how", ["stop file", "SIGTERM"])
+def test_a_stop_request_ends_the_run_cleanly(how, small_cifar, tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    process = start_training(run.path, small_cifar, "--epochs", "50", "--batch-size", "16")
+    wait_for(lambda: (run.progress() or {}).get("step", 0) >= 3)
+    if how == "stop file":
+        run.request_stop()
+    else:
+        process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "stopped after" in stdout
+    assert run.status()["state"] == "stopped"
+    check_every_file_parses(run)
+    assert run.summary()["stopped"] is True
+    assert len(run.epochs()) < 50
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--out", "{tmp}/x", "--data-dir", "{tmp}/nowhere"], "no CIFAR-10 found (looked in the given path"),
+        (["train", "--out", "{tmp}/x", "--epochs", "0"], "epochs=0 is out of range"),
+        (["train", "--out", "{tmp}/x", "--warmup-epochs", "30"], "warmup_epochs=30 is out of range"),
+        (["evaluate", "{tmp}"], "is not a run directory (it has no config.json)"),
+        (["evaluate", "{tmp}/missing"], "is not a folder"),
+    ],
+)
+def test_user_errors_exit_with_one_line(args, message, tmp_path):
+    result = tokenlearner(*[arg.format(tmp=tmp_path) for arg in args])
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

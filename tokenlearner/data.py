@@ -1,0 +1,193 @@
+"""CIFAR-10 in the official python batch format, read safely.
+
+A `cifar-10-batches-py` folder holds `data_batch_1`..`data_batch_5`, `test_batch` and
+`batches.meta`: pickles of dicts whose `data` is a uint8 array (N, 3072) in
+channel-major order and whose `labels` is a list of N class indices. Any number of rows
+per batch is accepted, so the full set (50,000 + 10,000) and a part of it load alike.
+
+A pickle can run code when it is loaded, so these are unpickled with an allow-list: only
+numpy's array reconstruction and plain containers; anything else is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DATA_ENV = "TOKENLEARNER_DATA_DIR"
+FOLDER = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{index}" for index in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Keras' own CIFAR-10 download (keras.datasets.cifar10), so the two share one cache.
+DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+DOWNLOAD_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+DOWNLOAD_NAME = "cifar-10-batches-py-target"
+
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+}
+
+
+class DataError(ValueError):
+    """CIFAR-10 could not be found or read; the message says where and what to do."""
+
+
+@dataclass(frozen=True)
+class Cifar10:
+    train_images: np.ndarray  # (N, 32, 32, 3) uint8
+    train_labels: np.ndarray  # (N,) int32
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: tuple[str, ...]
+    directory: Path
+
+
+@dataclass(frozen=True)
+class Split:
+    """A deterministic train/validation split of the training batches."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    train_index: np.ndarray  # positions in the training batches, concatenated in order
+    val_index: np.ndarray
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise _ForbiddenGlobal(f"it asks for {module}.{name}, which a CIFAR-10 batch never contains")
+        return super().find_class(module, name)
+
+
+def read_batch(path: Path) -> dict:
+    """One unpickled batch file, its keys decoded to str; `DataError` names the file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: a {FOLDER} folder needs {', '.join(TRAIN_BATCHES)}, "
+                        f"{TEST_BATCH} and {META}") from None
+    except OSError as error:
+        raise DataError(f"{path} cannot be read ({error.strerror})") from None
+    try:
+        value = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except _ForbiddenGlobal as error:
+        raise DataError(f"{path} was refused: {error}") from None
+    except Exception as error:  # truncated or garbled pickles raise many types
+        raise DataError(f"{path} is truncated or corrupt ({type(error).__name__}: {error})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path} does not hold a CIFAR-10 batch (a dict), but a {type(value).__name__}")
+    return {key.decode() if isinstance(key, bytes) else key: item for key, item in value.items()}
+
+
+def _images_and_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    batch = read_batch(path)
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        shape = getattr(data, "shape", None)
+        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {shape}")
+    labels = np.asarray(labels if labels is not None else [], dtype=np.int64)
+    if labels.shape != (len(data),) or (labels.size and not (0 <= labels.min() and labels.max() <= 9)):
+        raise DataError(f"{path}: 'labels' must hold {len(data)} class indices from 0 to 9")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.int32)
+
+
+def load_cifar10(directory: str | os.PathLike) -> Cifar10:
+    """Every batch of a `cifar-10-batches-py` folder, or a `DataError`: nothing half-loaded."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory} is not a folder")
+    train = [_images_and_labels(directory / name) for name in TRAIN_BATCHES]
+    test_images, test_labels = _images_and_labels(directory / TEST_BATCH)
+    names = read_batch(directory / META).get("label_names", CLASS_NAMES)
+    class_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    if len(class_names) != 10:
+        raise DataError(f"{directory / META}: expected 10 label names, got {len(class_names)}")
+    return Cifar10(
+        train_images=np.concatenate([images for images, _ in train]),
+        train_labels=np.concatenate([labels for _, labels in train]),
+        test_images=test_images,
+        test_labels=test_labels,
+        class_names=class_names,
+        directory=directory,
+    )
+
+
+def keras_cache_dirs() -> list[Path]:
+    """Where Keras' own download of CIFAR-10 lands (current and older Keras layouts)."""
+    datasets = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+    return [datasets / DOWNLOAD_NAME / FOLDER, datasets / FOLDER]
+
+
+def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The CIFAR-10 folder to use: `explicit` if given, else $TOKENLEARNER_DATA_DIR, else a
+    previous Keras download. A `DataError` lists where it looked and how to provide it."""
+    if explicit:
+        candidates = [("the given path", Path(explicit))]
+    else:
+        candidates = []
+        if os.environ.get(DATA_ENV):
+            candidates.append((f"${DATA_ENV}", Path(os.environ[DATA_ENV])))
+        candidates += [("the Keras cache", path) for path in keras_cache_dirs()]
+    for _, path in candidates:
+        if (path / TEST_BATCH).is_file():
+            return path
+        if (path / FOLDER / TEST_BATCH).is_file():  # the folder above cifar-10-batches-py
+            return path / FOLDER
+    looked = "; ".join(f"{where}: {path}" for where, path in candidates)
+    raise DataError(
+        f"no CIFAR-10 found (looked in {looked}). Point --data-dir or ${DATA_ENV} at a "
+        f"{FOLDER} folder, or download it (python -m tokenlearner download, about 170 MB)"
+    )
+
+
+def download(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Download and unpack CIFAR-10 through Keras' file utility (checksum verified) into the
+    Keras cache, and return the `cifar-10-batches-py` folder."""
+    import keras
+
+    try:
+        path = keras.utils.get_file(
+            fname=DOWNLOAD_NAME, origin=DOWNLOAD_URL, extract=True, file_hash=DOWNLOAD_SHA256,
+            cache_dir=None if cache_dir is None else str(cache_dir),
+        )
+    except Exception as error:  # network and checksum failures come as several types
+        raise DataError(f"downloading CIFAR-10 from {DOWNLOAD_URL} failed ({type(error).__name__}: {error})") from None
+    return Path(path) / FOLDER
+
+
+def split(data: Cifar10, validation_fraction: float = 0.2, seed: int = 0, limit: int | None = None) -> Split:
+    """Shuffle the training batches with `seed` and hold out `validation_fraction` of them
+    (the keras.io example keeps 1 in 5); `limit` then keeps only the first `limit` training
+    images of the shuffled remainder, for quick runs."""
+    order = np.random.default_rng(seed).permutation(len(data.train_labels))
+    held_out = int(round(len(order) * validation_fraction))
+    val, train = order[:held_out], order[held_out:]
+    if limit is not None:
+        if limit < 1:
+            raise DataError(f"limit={limit}: use at least one training image")
+        train = train[:limit]
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(f"{len(data.train_labels)} training images cannot be split into non-empty "
+                        f"training and validation parts with validation_fraction={validation_fraction}")
+    return Split(data.train_images[train], data.train_labels[train],
+                 data.train_images[val], data.train_labels[val], train, val)

@@ -1,0 +1,200 @@
+"""Run directories: everything a training run needs to be reproduced, inspected live and
+loaded later. Shipped checkpoints use the same layout, so one loader serves both.
+
+    config.json     model config, training config, data source and size, package versions
+    status.json     running | finished | stopped | failed (with the error), pid, times
+    progress.json   the latest step: epoch, step, images/s, ETA (rewritten every few seconds)
+    metrics.jsonl   one JSON line per finished epoch
+    maps/           images.json (which validation images) and epoch_NNN.npz, the learned-token
+                    maps of those images after each epoch
+    model.keras     the weights with the best validation accuracy so far
+    metrics.json    the final summary (test top-1/top-5, params, MACs, speed, ...)
+    STOP            created by whoever wants the run to stop at its next step
+
+Every file is written atomically (temporary file, then rename), so a run killed at any
+moment leaves only complete files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenlearner.config import ModelConfig
+from tokenlearner.files import atomic_path, read_json, write_json, write_text
+
+STATES = ("running", "finished", "stopped", "failed")
+
+
+class RunError(ValueError):
+    """A folder that is not a (complete) run directory; the message says what is wrong."""
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for package in ("keras", "tensorflow", "numpy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+class RunDirectory:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    config_file = property(lambda self: self.path / "config.json")
+    status_file = property(lambda self: self.path / "status.json")
+    progress_file = property(lambda self: self.path / "progress.json")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    summary_file = property(lambda self: self.path / "metrics.json")
+    model_file = property(lambda self: self.path / "model.keras")
+    maps_dir = property(lambda self: self.path / "maps")
+    stop_file = property(lambda self: self.path / "STOP")
+
+    # Writing ---------------------------------------------------------------------------
+
+    def create(self, record: dict[str, Any]) -> "RunDirectory":
+        """Make the directory (it must not hold anything yet) and write config.json."""
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise RunError(f"{self.path} already exists and is not empty: choose a new run directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.config_file, {**record, "versions": package_versions()})
+        return self
+
+    def set_status(self, state: str, **details: Any) -> None:
+        if state not in STATES:
+            raise ValueError(f"state={state!r}: choose one of {STATES}")
+        previous = self._read_optional(self.status_file) or {}
+        now = time.time()
+        write_json(self.status_file, {"state": state, "pid": os.getpid(), "started": previous.get("started", now),
+                                      "updated": now, **details})
+
+    def write_progress(self, **progress: Any) -> None:
+        write_json(self.progress_file, {**progress, "time": time.time()})
+
+    def append_epoch(self, metrics: dict[str, Any]) -> None:
+        lines = self.metrics_file.read_text() if self.metrics_file.exists() else ""
+        write_text(self.metrics_file, lines + json.dumps(metrics) + "\n")
+
+    def write_map_images(self, indices: list[int], labels: list[int]) -> None:
+        """Which images the per-epoch maps are of: indices into the training batches (the
+        pixels stay in the dataset; a run directory never copies images)."""
+        write_json(self.maps_dir / "images.json", {"train_batch_indices": indices, "labels": labels})
+
+    def write_maps(self, epoch: int, probabilities: np.ndarray, maps: dict[str, np.ndarray]) -> None:
+        with atomic_path(self.maps_dir / f"epoch_{epoch:03d}.npz") as temporary:
+            np.savez_compressed(temporary, probabilities=probabilities.astype("float16"),
+                                **{name: value.astype("float16") for name, value in maps.items()})
+
+    def save_model(self, model) -> None:
+        with atomic_path(self.model_file) as temporary:
+            model.save(temporary)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.summary_file, summary)
+
+    def stop_requested(self) -> bool:
+        return self.stop_file.exists()
+
+    def request_stop(self) -> None:
+        write_text(self.stop_file, "stop\n")
+
+    # Reading ---------------------------------------------------------------------------
+
+    def record(self) -> dict[str, Any]:
+        """config.json, which makes a folder a run directory."""
+        if not self.path.is_dir():
+            raise RunError(f"{self.path} is not a folder")
+        if not self.config_file.is_file():
+            raise RunError(f"{self.path} is not a run directory (it has no config.json)")
+        try:
+            record = read_json(self.config_file)
+        except ValueError as error:
+            raise RunError(str(error)) from None
+        if not isinstance(record, dict) or "model" not in record:
+            raise RunError(f"{self.config_file} has no \"model\" entry: it is not a tokenlearner run config")
+        return record
+
+    def model_config(self) -> ModelConfig:
+        record = self.record()
+        try:
+            return ModelConfig.from_dict(record["model"])
+        except (TypeError, ValueError) as error:
+            raise RunError(f"{self.config_file}: {error}") from None
+
+    def status(self) -> dict[str, Any]:
+        """The run's status; a run whose process died without saying so reads as failed."""
+        status = self._read_optional(self.status_file) or {"state": "unknown"}
+        if status.get("state") == "running" and not _process_alive(status.get("pid")):
+            status = {**status, "state": "failed", "error": "the training process ended without finishing"}
+        return status
+
+    def progress(self) -> dict[str, Any] | None:
+        return self._read_optional(self.progress_file)
+
+    def epochs(self) -> list[dict[str, Any]]:
+        if not self.metrics_file.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+
+    def summary(self) -> dict[str, Any] | None:
+        return self._read_optional(self.summary_file)
+
+    def map_epochs(self) -> list[int]:
+        return sorted(int(p.stem.split("_")[1]) for p in self.maps_dir.glob("epoch_*.npz"))
+
+    def maps(self, epoch: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        with np.load(self.maps_dir / f"epoch_{epoch:03d}.npz") as saved:
+            arrays = {name: saved[name].astype("float32") for name in saved.files}
+        return arrays.pop("probabilities"), arrays
+
+    def map_images(self) -> dict[str, list[int]]:
+        return read_json(self.maps_dir / "images.json")
+
+    def load_model(self):
+        """(model, config) of the best weights so far; `RunError` says what is missing or broken."""
+        import keras
+
+        import tokenlearner.layers  # noqa: F401  (registers the layers for deserialisation)
+
+        config = self.model_config()
+        if not self.model_file.is_file():
+            raise RunError(f"{self.path} has no model.keras: the run has not saved a model yet")
+        try:
+            model = keras.saving.load_model(self.model_file)
+        except Exception as error:  # Keras raises many types for a damaged archive
+            raise RunError(f"{self.model_file} could not be loaded ({type(error).__name__}: {error})") from None
+        return model, config
+
+    def _read_optional(self, path: Path) -> dict[str, Any] | None:
+        try:
+            return read_json(path)
+        except ValueError:
+            return None
+
+
+def _process_alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_run(path: str | os.PathLike):
+    """(model, config) of a run directory or shipped checkpoint."""
+    return RunDirectory(path).load_model()

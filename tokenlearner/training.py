@@ -1,0 +1,258 @@
+"""The training engine: the keras.io recipe by default, written as an explicit loop so
+that a run can report progress, stop at any step and write its run directory as it goes.
+
+One step is the example's maths: the model's own augmentation and dropout, categorical
+cross-entropy on its softmax output (sparse labels, one-hot inside the step so that label
+smoothing is an option), AdamW. The weights with the best validation top-1 are kept and
+the test set is evaluated with them.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tokenlearner.config import ModelConfig, TrainConfig
+from tokenlearner.data import Cifar10, split
+from tokenlearner.flops import count
+from tokenlearner.runs import RunDirectory
+
+MAP_IMAGES = 8
+PROGRESS_SECONDS = 2.0
+EVAL_BATCH = 500
+
+# report(message, transient): transient messages are progress lines a terminal may overwrite.
+Report = Callable[[str, bool], None]
+
+
+def _quiet(message: str, transient: bool) -> None:
+    pass
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int):
+    import keras
+
+    learning_rate = config.learning_rate
+    if config.schedule == "cosine" or config.warmup_epochs:
+        warmup = config.warmup_epochs * steps_per_epoch
+        # CosineDecay with alpha=1 decays to 100% of the peak: a constant after warm-up.
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else config.learning_rate,
+            decay_steps=max(config.epochs * steps_per_epoch - warmup, 1),
+            alpha=0.0 if config.schedule == "cosine" else 1.0,
+            warmup_target=config.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
+
+
+@dataclass
+class Steps:
+    """The compiled train and evaluation steps of one model (`optimizer` may be None when
+    only `evaluate` is used)."""
+
+    model: object
+    optimizer: object | None
+    label_smoothing: float
+    num_classes: int
+    train_step: Callable = field(init=False)
+    eval_step: Callable = field(init=False)
+
+    def __post_init__(self):
+        import keras
+        import tensorflow as tf
+
+        model, optimizer = self.model, self.optimizer
+        loss_function = keras.losses.CategoricalCrossentropy(label_smoothing=self.label_smoothing, reduction=None)
+        images_spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8)
+        labels_spec = tf.TensorSpec((None,), tf.int32)
+
+        def outcomes(labels, probabilities):
+            losses = loss_function(tf.one_hot(labels, self.num_classes), probabilities)
+            top1 = tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), labels)
+            top5 = tf.math.in_top_k(labels, probabilities, k=min(5, self.num_classes))
+            return losses, tf.reduce_sum(tf.cast(top1, tf.int32)), tf.reduce_sum(tf.cast(top5, tf.int32))
+
+        # One signature with an open batch size: the last, smaller batch does not retrace.
+        @tf.function(input_signature=[images_spec, labels_spec])
+        def train_step(images, labels):
+            with tf.GradientTape() as tape:
+                probabilities = model(tf.cast(images, tf.float32), training=True)
+                losses, top1, top5 = outcomes(labels, probabilities)
+                loss = tf.reduce_mean(losses)
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return tf.reduce_sum(losses), top1, top5
+
+        @tf.function(input_signature=[images_spec, labels_spec])
+        def eval_step(images, labels):
+            probabilities = model(tf.cast(images, tf.float32), training=False)
+            losses, top1, top5 = outcomes(labels, probabilities)
+            return tf.reduce_sum(losses), top1, top5, tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+
+        self.train_step, self.eval_step = train_step, eval_step
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray) -> dict:
+        """Loss, top-1 and top-5 accuracy and the confusion matrix (rows: true class)."""
+        totals = np.zeros(3)
+        confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        for start in range(0, len(images), EVAL_BATCH):
+            batch_labels = labels[start : start + EVAL_BATCH]
+            loss, top1, top5, predicted = self.eval_step(images[start : start + EVAL_BATCH], batch_labels)
+            totals += (float(loss), int(top1), int(top5))
+            np.add.at(confusion, (batch_labels, predicted.numpy()), 1)
+        loss, top1, top5 = (float(value) for value in totals / len(images))
+        return {"loss": loss, "top1": top1, "top5": top5, "confusion": confusion.tolist()}
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM (when training runs in the main thread) or by a STOP file."""
+
+    def __init__(self, run: RunDirectory):
+        self.run = run
+        self.signalled = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number, frame):
+        self.signalled = True
+
+    def __bool__(self) -> bool:
+        return self.signalled or self.run.stop_requested()
+
+
+def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, run_dir: str | Path,
+          report: Report = _quiet, started: float | None = None) -> dict:
+    """Train `model_config` on `data` with `train_config`, writing the run directory
+    `run_dir` (which must not exist or be empty) as it goes; returns the final summary.
+
+    `started` is when the caller started (for the reported first-step latency); `report`
+    receives one-line progress messages."""
+    started = time.time() if started is None else started
+    parts = split(data, train_config.validation_fraction, train_config.seed, train_config.limit or None)
+    run = RunDirectory(run_dir).create({
+        "model": model_config.to_dict(),
+        "train": train_config.to_dict(),
+        "data": {"directory": str(data.directory), "train_images": len(parts.train_labels),
+                 "val_images": len(parts.val_labels), "test_images": len(data.test_labels),
+                 "class_names": list(data.class_names)},
+        "command": sys.argv,
+    })
+    run.set_status("running")
+    try:
+        with StopFlag(run) as stop:
+            summary = _train(model_config, train_config, data, parts, run, stop, report, started)
+    except BaseException as error:
+        run.set_status("failed", error=f"{type(error).__name__}: {error}")
+        raise
+    run.set_status("stopped" if summary["stopped"] else "finished")
+    return summary
+
+
+def _train(model_config, train_config, data, parts, run, stop, report, started) -> dict:
+    import keras
+
+    from tokenlearner.model import build_model, predict_with_maps
+
+    keras.utils.set_random_seed(train_config.seed)
+    model = build_model(model_config)
+    steps_per_epoch = math.ceil(len(parts.train_labels) / train_config.batch_size)
+    optimizer = make_optimizer(train_config, steps_per_epoch)
+    steps = Steps(model, optimizer, train_config.label_smoothing, model_config.num_classes)
+    cost = count(model_config)
+
+    map_images = parts.val_images[:MAP_IMAGES]
+    run.write_map_images(parts.val_index[:MAP_IMAGES].tolist(), parts.val_labels[:MAP_IMAGES].tolist())
+    run.write_maps(0, *predict_with_maps(model, map_images))
+
+    shuffle = np.random.default_rng(train_config.seed)
+    total_steps = train_config.epochs * steps_per_epoch
+    best_top1, best_epoch, best_weights = -1.0, 0, None
+    # Throughput leaves out the first step, which traces and compiles the step function.
+    step_seconds, timed_images, first_step_s, stopped = 0.0, 0, None, False
+    loop_start = time.time()
+    for epoch in range(1, train_config.epochs + 1):
+        epoch_start, last_report = time.time(), time.time()
+        order = shuffle.permutation(len(parts.train_labels))
+        totals = np.zeros(3)
+        for step in range(steps_per_epoch):
+            if stop:
+                stopped = True
+                break
+            index = order[step * train_config.batch_size : (step + 1) * train_config.batch_size]
+            step_start = time.time()
+            loss, top1, top5 = steps.train_step(parts.train_images[index], parts.train_labels[index])
+            totals += (float(loss), int(top1), int(top5))
+            now = time.time()
+            if first_step_s is None:
+                first_step_s = now - started
+            else:
+                step_seconds += now - step_start
+                timed_images += len(index)
+            if now - last_report >= PROGRESS_SECONDS or step == steps_per_epoch - 1:
+                last_report = now
+                done = (epoch - 1) * steps_per_epoch + step + 1
+                rate = timed_images / step_seconds if step_seconds else 0.0
+                eta = (total_steps - done) * (now - loop_start) / done
+                run.write_progress(epoch=epoch, epochs=train_config.epochs, step=step + 1,
+                                   steps=steps_per_epoch, images_per_s=rate, eta_s=eta)
+                report(f"epoch {epoch}/{train_config.epochs}  step {step + 1}/{steps_per_epoch}  "
+                       f"loss {totals[0] / max(1, (step + 1) * train_config.batch_size):.4f}  "
+                       + (f"{rate:.0f} images/s  ETA {_duration(eta)}" if rate else "compiling the step"), True)
+        if stopped and not totals.any():
+            break
+        seen = min(len(order), (step + 1) * train_config.batch_size) if stopped else len(order)
+        validation = steps.evaluate(parts.val_images, parts.val_labels)
+        loss, top1, top5 = (float(value) for value in totals / seen)
+        record = {"epoch": epoch, "loss": loss, "top1": top1, "top5": top5,
+                  "val_loss": validation["loss"], "val_top1": validation["top1"], "val_top5": validation["top5"],
+                  "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+                  "seconds": time.time() - epoch_start, "complete": not stopped}
+        run.append_epoch(record)
+        run.write_maps(epoch, *predict_with_maps(model, map_images))
+        report(f"epoch {epoch}: loss {record['loss']:.4f}  top-1 {record['top1']:.3f}  "
+               f"val top-1 {record['val_top1']:.3f}  val top-5 {record['val_top5']:.3f}", False)
+        if validation["top1"] > best_top1:
+            best_top1, best_epoch, best_weights = validation["top1"], epoch, model.get_weights()
+            run.save_model(model)
+        if stopped:
+            break
+    train_seconds = time.time() - loop_start
+
+    summary = {
+        "params": cost.params, "macs": cost.macs, "keras_io_gflops": cost.keras_io_gflops,
+        "epochs_completed": len(run.epochs()), "best_epoch": best_epoch, "best_val_top1": float(best_top1),
+        "train_seconds": train_seconds, "train_images_per_s": timed_images / step_seconds if step_seconds else None,
+        "first_step_s": first_step_s, "stopped": stopped, "test_top1": None, "test_top5": None, "test_loss": None,
+        "test_images": len(data.test_labels),
+    }
+    if best_weights is not None and not stopped:
+        model.set_weights(best_weights)
+        test = steps.evaluate(data.test_images, data.test_labels)
+        summary.update(test_top1=float(test["top1"]), test_top5=float(test["top5"]), test_loss=float(test["loss"]),
+                       test_confusion=test["confusion"])
+        report(f"test top-1 {test['top1']:.4f}  top-5 {test['top5']:.4f} (weights of epoch {best_epoch})", False)
+    run.write_summary(summary)
+    return summary
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
