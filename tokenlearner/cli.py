@@ -281,6 +281,44 @@ def run_bench(args: argparse.Namespace) -> None:
     print(f"first training step done {result['first_step_s']:.1f} s after the command started")
 
 
+def run_predict(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from tokenlearner.images import ImageError, read_image, to_model_input
+
+    try:
+        picture = to_model_input(read_image(args.image))
+    except ImageError as error:
+        raise UsageError(str(error)) from None
+    model, config = _open_run(args.run)
+    from tokenlearner.data import CLASS_NAMES
+    from tokenlearner.model import predict_with_maps
+    from tokenlearner.runs import RunDirectory
+
+    names = RunDirectory(args.run).record().get("data", {}).get("class_names", list(CLASS_NAMES))
+    probabilities, maps = predict_with_maps(model, picture[None])
+    ranking = np.argsort(probabilities[0])[::-1][:5]
+    top5 = [{"class": names[i], "probability": float(probabilities[0][i])} for i in ranking]
+    if args.overlay:
+        from tokenlearner.files import atomic_path
+        from tokenlearner.overlay import overlay_grid, stack_rows
+
+        if not maps:
+            raise UsageError(f"{args.run} has no TokenLearner, so there are no token maps to overlay")
+        sheet = stack_rows([overlay_grid(picture, layer_maps[0], config.covered_region())
+                            for layer_maps in maps.values()])
+        with atomic_path(args.overlay) as temporary:
+            sheet.save(temporary, format="PNG")
+    if args.json:
+        print(json.dumps({"top5": top5, "maps": {name: list(value.shape[1:]) for name, value in maps.items()}}))
+        return
+    for entry in top5:
+        print(f"{entry['class']:<12} {100 * entry['probability']:5.1f}%")
+    if args.overlay:
+        print(f"wrote {args.overlay}: the image, then each of its {len(next(iter(maps.values()))[0])} token maps"
+              + (f", one row per TokenLearner/TokenFuser layer ({', '.join(maps)})" if len(maps) > 1 else ""))
+
+
 # entry point -----------------------------------------------------------------------------
 
 
@@ -319,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     downloader = commands.add_parser("download", help="download CIFAR-10 into the Keras cache (about 170 MB)")
     downloader.add_argument("--cache-dir", help="instead of ~/.keras")
     downloader.set_defaults(handler=run_download)
+
+    predictor = commands.add_parser("predict", help="top-5 classes of a PNG/JPEG, and optionally its token maps")
+    predictor.add_argument("run", help="run directory or shipped checkpoint")
+    predictor.add_argument("--image", required=True, help="a PNG or JPEG file (centre-cropped, resized to 32x32)")
+    predictor.add_argument("--overlay", help="write the image with every learned token's map overlaid, as PNG")
+    predictor.add_argument("--json", action="store_true", help="print one JSON object")
+    predictor.set_defaults(handler=run_predict)
 
     bench = commands.add_parser("bench", help="training images/s and inference ms/image, after warm-up")
     bench.add_argument("--batch-size", type=int, default=256)

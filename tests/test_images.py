@@ -1,0 +1,120 @@
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO
+from PIL import Image
+
+from tokenlearner import ModelConfig, build_model
+from tokenlearner.images import ImageError, read_image, to_model_input
+from tokenlearner.overlay import colorize, dominant_token_image, overlay, overlay_grid
+from tokenlearner.runs import RunDirectory
+
+RNG = np.random.default_rng(0)
+
+
+def encode(image: Image.Image, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+PICTURE = Image.fromarray(RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+INPUTS = {
+    "png": encode(PICTURE, "PNG"),
+    "jpeg": encode(PICTURE, "JPEG"),
+    "grayscale": encode(PICTURE.convert("L"), "PNG"),
+    "palette": encode(PICTURE.convert("P"), "PNG"),
+    "rgba": encode(PICTURE.convert("RGBA"), "PNG"),
+    "16-bit": encode(Image.fromarray(RNG.integers(0, 65536, (40, 40), dtype=np.uint16)), "PNG"),
+}
+
+
+@pytest.mark.parametrize("kind", list(INPUTS))
+def test_every_kind_becomes_a_32x32_rgb_input(kind):
+    image = read_image(INPUTS[kind])
+    assert image.mode == "RGB"
+    array = to_model_input(image)
+    assert array.shape == (32, 32, 3) and array.dtype == np.uint8
+
+
+def test_transparent_pixels_are_composited_on_white():
+    clear = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    assert read_image(encode(clear, "PNG")).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_centre_crop_keeps_the_middle_square():
+    wide = np.zeros((10, 30, 3), np.uint8)
+    wide[:, 10:20] = 255  # a white centre square between black sides
+    assert to_model_input(Image.fromarray(wide)).min() > 200
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"GIF89a not allowed", "is not a PNG or JPEG image"),
+        (b"hello", "is not a PNG or JPEG image"),
+        (INPUTS["jpeg"][: len(INPUTS["jpeg"]) // 2], "is truncated or corrupt"),
+    ],
+)
+def test_bad_uploads(content, message):
+    with pytest.raises(ImageError, match=message):
+        read_image(content)
+
+
+def test_a_decompression_bomb_is_refused_before_decoding():
+    bomb = encode(Image.new("1", (10_000, 10_000)), "PNG")  # 100 megapixels in a few kB
+    assert len(bomb) < 100_000
+    with pytest.raises(ImageError, match="declares 10000x10000 pixels \\(100 MP\\); the limit is 16 MP"):
+        read_image(bomb)
+
+
+def test_overlays_cover_only_the_patch_region():
+    image = np.full((32, 32, 3), 128, np.uint8)
+    token_map = np.linspace(0, 1, 64).reshape(8, 8)
+    drawn = np.asarray(overlay(image, token_map, (0.0, 0.0, 0.5, 0.5), scale=2, opacity=1.0))
+    assert drawn.shape == (64, 64, 3)
+    assert np.all(drawn[40:, 40:] == 128)  # outside the region: untouched
+    assert not np.all(drawn[:32, :32] == 128)
+    grid = overlay_grid(image, np.stack([token_map] * 3), (0, 0, 1, 1), scale=1, gap=2)
+    assert grid.size == (4 * 32 + 3 * 2, 32)
+    assert np.asarray(dominant_token_image(image, np.stack([token_map, 1 - token_map]), (0, 0, 1, 1))).shape == (
+        256, 256, 3)
+    assert colorize(np.array([0.0, 1.0])).tolist() == [[68, 1, 84], [253, 231, 37]]
+
+
+@pytest.fixture(scope="module")
+def untrained_run(tmp_path_factory):
+    config = ModelConfig(fuser=True, placement=2)
+    run = RunDirectory(tmp_path_factory.mktemp("runs") / "run").create({"model": config.to_dict()})
+    run.save_model(build_model(config))
+    return run
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg", "grayscale", "rgba"])
+def test_predict_command(kind, untrained_run, tmp_path):
+    path = tmp_path / f"input.{'jpg' if kind == 'jpeg' else 'png'}"
+    path.write_bytes(INPUTS[kind])
+    out = tmp_path / "overlay.png"
+    result = subprocess.run([sys.executable, "-m", "tokenlearner", "predict", str(untrained_run.path), "--image",
+                             str(path), "--overlay", str(out), "--json"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["top5"]) == 5 and sum(entry["probability"] for entry in report["top5"]) <= 1.0001
+    assert report["maps"] == {"token_learner_2": [4, 8, 8], "token_fuser_2": [4, 8, 8],
+                              "token_learner_3": [4, 8, 8], "token_fuser_3": [4, 8, 8]}
+    with Image.open(out) as sheet:
+        assert sheet.size == (5 * 256 + 4 * 4, 4 * 256 + 3 * 4)  # image + 4 maps, one row per layer
+
+
+def test_predict_refuses_a_bomb_in_one_line(untrained_run, tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(encode(Image.new("1", (10_000, 10_000)), "PNG"))
+    result = subprocess.run([sys.executable, "-m", "tokenlearner", "predict", str(untrained_run.path), "--image",
+                             str(path)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {path} declares 10000x10000 pixels (100 MP); the limit is 16 MP: use a smaller image"]

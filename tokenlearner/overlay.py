@@ -1,0 +1,88 @@
+"""Learned-token maps drawn over images (numpy and Pillow only, so any page can use it)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# Anchor colours of perceptually ordered colour maps, interpolated linearly.
+COLORMAPS = {
+    "viridis": [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)],
+    "magma": [(0, 0, 4), (81, 18, 124), (183, 55, 121), (252, 137, 97), (252, 253, 191)],
+    "jet": [(0, 0, 131), (0, 60, 255), (0, 255, 255), (255, 255, 0), (255, 0, 0), (128, 0, 0)],
+    "gray": [(0, 0, 0), (255, 255, 255)],
+}
+
+
+def colorize(values: np.ndarray, colormap: str = "viridis") -> np.ndarray:
+    """Values in [0, 1], any shape -> uint8 RGB colours, shape + (3,)."""
+    anchors = np.asarray(COLORMAPS[colormap], dtype=np.float64)
+    position = np.clip(values, 0.0, 1.0) * (len(anchors) - 1)
+    low = np.floor(position).astype(int).clip(0, len(anchors) - 2)
+    fraction = (position - low)[..., None]
+    return (anchors[low] * (1 - fraction) + anchors[low + 1] * fraction).round().astype(np.uint8)
+
+
+def normalise(token_map: np.ndarray) -> np.ndarray:
+    """A map scaled to [0, 1] by its own range (a constant map becomes zeros)."""
+    low, high = float(token_map.min()), float(token_map.max())
+    return (token_map - low) / (high - low) if high > low else np.zeros_like(token_map, dtype=np.float64)
+
+
+def overlay(image: np.ndarray, token_map: np.ndarray, region: tuple[float, float, float, float],
+            scale: int = 8, opacity: float = 0.5, colormap: str = "viridis") -> Image.Image:
+    """`image` (H, W, 3) enlarged `scale` times, with `token_map` (h, w) upsampled over the
+    `region` (top, left, bottom, right as fractions of the side) that the patches cover."""
+    height, width = image.shape[0] * scale, image.shape[1] * scale
+    base = Image.fromarray(np.asarray(image, np.uint8)).resize((width, height), Image.Resampling.NEAREST)
+    top, left, bottom, right = (round(region[0] * height), round(region[1] * width),
+                                round(region[2] * height), round(region[3] * width))
+    heat = Image.fromarray(colorize(normalise(token_map), colormap)).resize(
+        (right - left, bottom - top), Image.Resampling.BILINEAR)
+    covered = base.crop((left, top, right, bottom))
+    base.paste(Image.blend(covered, heat, opacity), (left, top))
+    return base
+
+
+def stack_rows(rows: list[Image.Image], gap: int = 4) -> Image.Image:
+    """Images one above the other, left-aligned on white."""
+    width = max(row.width for row in rows)
+    sheet = Image.new("RGB", (width, sum(row.height for row in rows) + gap * (len(rows) - 1)), "white")
+    top = 0
+    for row in rows:
+        sheet.paste(row, (0, top))
+        top += row.height + gap
+    return sheet
+
+
+def overlay_grid(image: np.ndarray, maps: np.ndarray, region: tuple[float, float, float, float],
+                 scale: int = 8, opacity: float = 0.5, colormap: str = "viridis", gap: int = 4) -> Image.Image:
+    """One row: the image, then the image under each of the S maps (S, h, w)."""
+    tiles = [overlay(image, np.zeros(maps.shape[1:]), region, scale, 0.0, colormap)]
+    tiles += [overlay(image, token_map, region, scale, opacity, colormap) for token_map in maps]
+    tile_width, tile_height = tiles[0].size
+    grid = Image.new("RGB", (len(tiles) * (tile_width + gap) - gap, tile_height), "white")
+    for index, tile in enumerate(tiles):
+        grid.paste(tile, (index * (tile_width + gap), 0))
+    return grid
+
+
+def dominant_token_image(image: np.ndarray, maps: np.ndarray, region: tuple[float, float, float, float],
+                         scale: int = 8, opacity: float = 0.5) -> Image.Image:
+    """The image with each patch coloured by the token whose map weights it most."""
+    owner = np.argmax(maps, axis=0)
+    palette = _palette(len(maps))
+    height, width = image.shape[0] * scale, image.shape[1] * scale
+    base = Image.fromarray(np.asarray(image, np.uint8)).resize((width, height), Image.Resampling.NEAREST)
+    top, left, bottom, right = (round(region[0] * height), round(region[1] * width),
+                                round(region[2] * height), round(region[3] * width))
+    colours = Image.fromarray(palette[owner]).resize((right - left, bottom - top), Image.Resampling.NEAREST)
+    base.paste(Image.blend(base.crop((left, top, right, bottom)), colours, opacity), (left, top))
+    ImageDraw.Draw(base).rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 255))
+    return base
+
+
+def _palette(count: int) -> np.ndarray:
+    hues = np.linspace(0, 1, count, endpoint=False)
+    colours = [Image.new("HSV", (1, 1), (int(h * 255), 200, 255)).convert("RGB").getpixel((0, 0)) for h in hues]
+    return np.asarray(colours, dtype=np.uint8)
