@@ -319,6 +319,32 @@ def run_predict(args: argparse.Namespace) -> None:
               + (f", one row per TokenLearner/TokenFuser layer ({', '.join(maps)})" if len(maps) > 1 else ""))
 
 
+def run_experiment(args: argparse.Namespace) -> None:
+    from tokenlearner.experiment import read_grid, results, run_grid, write_results
+
+    try:
+        runs = read_grid(args.grid)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    data = _load_data(args.data_dir)
+    import_keras_quietly()
+    import keras
+
+    from tokenlearner.training import train
+
+    terminal = TerminalReport()
+
+    def train_one(run, directory, label):
+        keras.backend.clear_session()
+        terminal_for_run = lambda message, transient: terminal(f"{label}  {message}", transient)  # noqa: E731
+        train(run.model, run.train, data, directory, report=terminal_for_run)
+
+    run_grid(runs, args.out, train_one, lambda message: terminal(message, False))
+    csv_path, markdown_path = write_results(results(runs, args.out), args.out)
+    print(markdown_path.read_text(), end="")
+    print(f"wrote {csv_path} and {markdown_path}")
+
+
 # entry point -----------------------------------------------------------------------------
 
 
@@ -364,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     predictor.add_argument("--overlay", help="write the image with every learned token's map overlaid, as PNG")
     predictor.add_argument("--json", action="store_true", help="print one JSON object")
     predictor.set_defaults(handler=run_predict)
+
+    experiment = commands.add_parser("experiment", help="run a grid of configs x seeds (resumable) and tabulate it")
+    experiment.add_argument("grid", help="a grid JSON file, or the name of a built-in grid (keras_io_tables)")
+    experiment.add_argument("--out", required=True, help="folder for the runs and the results table")
+    experiment.add_argument("--data-dir", help="a cifar-10-batches-py folder")
+    experiment.set_defaults(handler=run_experiment)
 
     bench = commands.add_parser("bench", help="training images/s and inference ms/image, after warm-up")
     bench.add_argument("--batch-size", type=int, default=256)

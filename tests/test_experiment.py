@@ -1,0 +1,72 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from cifar_files import make_cifar_folder
+from conftest import REPO
+
+from tokenlearner.experiment import read_grid
+from tokenlearner.presets import PRESETS
+
+GRID = {
+    "seeds": [0, 1],
+    "train": {"epochs": 1, "batch_size": 32},
+    "configs": {
+        "baseline": {"preset": "keras-io-no-tokenlearner", "model": {"depth": 1, "placement": 1}},
+        "tokens": {"model": {"depth": 1, "placement": 1, "num_tokens": 2}, "train": {"label_smoothing": 0.1}},
+    },
+}
+
+
+def test_the_shipped_grid_is_the_keras_io_tables():
+    runs = read_grid("keras_io_tables")
+    assert len(runs) == 7 * 5
+    assert {run.model for run in runs} == set(PRESETS.values())
+    assert all(run.train.epochs == 20 and run.train.batch_size == 256 for run in runs)
+
+
+@pytest.mark.parametrize(
+    "grid, message",
+    [
+        ({"configs": {}}, "non-empty \"configs\""),
+        ({"configs": {"a": {}}, "seeds": "0"}, "\"seeds\" must be a non-empty list"),
+        ({"configs": {"a": {"model": {"depth": 0}}}}, "config 'a': depth=0 is out of range"),
+        ({"configs": {"a": {"preset": "nope"}}}, "config 'a': unknown preset 'nope'"),
+        ({"configs": {"a": {"optimizer": "sgd"}}}, "may only have"),
+        ({"configs": {"a": {}}, "train": {"epoch": 3}}, "config 'a': "),
+    ],
+)
+def test_grid_mistakes(grid, message, tmp_path):
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(grid))
+    with pytest.raises(ValueError, match=message):
+        read_grid(path)
+
+
+@pytest.mark.slow
+def test_a_grid_runs_resumes_and_tabulates(tmp_path):
+    data = make_cifar_folder(tmp_path / "cifar-10-batches-py", rows_per_batch=16, test_rows=20)
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(GRID))
+    out = tmp_path / "out"
+
+    def experiment():
+        return subprocess.run([sys.executable, "-m", "tokenlearner", "experiment", str(grid), "--out", str(out),
+                               "--data-dir", str(data)], capture_output=True, text=True, cwd=REPO)
+
+    first = experiment()
+    assert first.returncode == 0, first.stderr
+    assert "[4/4] tokens seed 1: training" in first.stdout
+    table = (out / "results.md").read_text()
+    assert "| baseline | 2/2 |" in table and "| tokens | 2/2 |" in table
+    assert "56.24" not in table  # a changed preset does not borrow the published figure
+    csv_rows = (out / "results.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("config,seeds,top1_mean,top1_std") and len(csv_rows) == 3
+
+    (out / "tokens" / "seed_1" / "status.json").write_text('{"state": "stopped"}')
+    second = experiment()
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("finished already, skipped") == 3
+    assert "[4/4] tokens seed 1: an unfinished run was there, moved to seed_1.incomplete-1" in second.stdout
+    assert (out / "tokens" / "seed_1.incomplete-1").is_dir()

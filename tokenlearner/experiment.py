@@ -1,0 +1,157 @@
+"""Grids of configs x seeds, run one after another into one folder, resumable, and
+summarised as a results table (mean and standard deviation over seeds).
+
+A grid file is JSON:
+
+    {"seeds": [0, 1, 2],
+     "train": {"epochs": 20},                      # training flags shared by every run
+     "configs": {"8-tokens": {"preset": "keras-io-8-tokens",
+                              "model": {"placement": 2},  # overrides of the preset
+                              "train": {"label_smoothing": 0.1}}}}
+
+Run `name` with seed `s` goes to OUT/name/seed_s. A run already finished there is
+skipped; an unfinished one (killed, failed or stopped) is moved aside to
+OUT/name/seed_s.incomplete-N and run again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tokenlearner.config import ModelConfig, TrainConfig
+from tokenlearner.files import read_json, write_text
+from tokenlearner.flops import count
+from tokenlearner.presets import PUBLISHED, preset
+from tokenlearner.runs import RunDirectory
+
+BUILT_IN = Path(__file__).parent / "grids"
+
+
+@dataclass(frozen=True)
+class GridRun:
+    name: str
+    seed: int
+    model: ModelConfig
+    train: TrainConfig
+    preset: str | None
+
+
+def read_grid(path: str | os.PathLike) -> list[GridRun]:
+    """The runs of a grid file (or of a built-in grid, by name); `ValueError` on any mistake."""
+    path = Path(path)
+    if not path.exists() and (BUILT_IN / f"{path.name}.json").exists():
+        path = BUILT_IN / f"{path.name}.json"
+    grid = read_json(path)
+    if not isinstance(grid, dict) or not isinstance(grid.get("configs"), dict) or not grid["configs"]:
+        raise ValueError(f"{path}: a grid is a JSON object with a non-empty \"configs\" object")
+    unknown = set(grid) - {"description", "seeds", "train", "configs"}
+    if unknown:
+        raise ValueError(f"{path}: unknown grid key(s) {', '.join(sorted(unknown))}")
+    seeds = grid.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"{path}: \"seeds\" must be a non-empty list of integers")
+    runs = []
+    for name, entry in grid["configs"].items():
+        if not isinstance(entry, dict) or set(entry) - {"preset", "model", "train"}:
+            raise ValueError(f"{path}: config {name!r} may only have \"preset\", \"model\" and \"train\"")
+        try:
+            model = preset(entry.get("preset", "keras-io-4-tokens")).replace(**entry.get("model", {}))
+            base = {**grid.get("train", {}), **entry.get("train", {})}
+            runs += [GridRun(name, seed, model, TrainConfig(**{**base, "seed": seed}), entry.get("preset"))
+                     for seed in seeds]
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: config {name!r}: {error}") from None
+    return runs
+
+
+def run_grid(runs: list[GridRun], out: str | os.PathLike, train_one: Callable[[GridRun, Path, str], None],
+             report: Callable[[str], None]) -> None:
+    """Train every run not finished yet; `train_one(run, directory, label)` trains one."""
+    out = Path(out)
+    for index, run in enumerate(runs, start=1):
+        directory = out / run.name / f"seed_{run.seed}"
+        label = f"[{index}/{len(runs)}] {run.name} seed {run.seed}"
+        if directory.exists():
+            if RunDirectory(directory).status().get("state") == "finished":
+                report(f"{label}: finished already, skipped")
+                continue
+            aside = _free_name(directory)
+            directory.rename(aside)
+            report(f"{label}: an unfinished run was there, moved to {aside.name}")
+        report(f"{label}: training")
+        train_one(run, directory, label)
+
+
+def _free_name(directory: Path) -> Path:
+    number = 1
+    while (candidate := directory.with_name(f"{directory.name}.incomplete-{number}")).exists():
+        number += 1
+    return candidate
+
+
+def results(runs: list[GridRun], out: str | os.PathLike) -> list[dict]:
+    """One row per config: mean and standard deviation of test top-1/top-5 (percent) over
+    its finished seeds, with its cost and, for keras.io presets, the published top-1."""
+    rows = []
+    for name in dict.fromkeys(run.name for run in runs):
+        members = [run for run in runs if run.name == name]
+        summaries = []
+        for run in members:
+            directory = RunDirectory(Path(out) / name / f"seed_{run.seed}")
+            summary = directory.summary() if directory.path.exists() else None
+            if summary and summary.get("test_top1") is not None:
+                summaries.append(summary)
+        top1 = [100 * s["test_top1"] for s in summaries]
+        top5 = [100 * s["test_top5"] for s in summaries]
+        cost = count(members[0].model)
+        # The published figure belongs to the preset's exact architecture only.
+        same = members[0].preset and members[0].model == preset(members[0].preset)
+        published = PUBLISHED.get(members[0].preset) if same else None
+        rows.append({
+            "config": name,
+            "seeds": f"{len(summaries)}/{len(members)}",
+            "top1_mean": _mean(top1), "top1_std": _std(top1),
+            "top5_mean": _mean(top5), "top5_std": _std(top5),
+            "published_top1": published.top1 if published else None,
+            "params": cost.params, "macs": cost.macs, "keras_io_gflops": round(cost.keras_io_gflops, 5),
+        })
+    return rows
+
+
+def _mean(values):
+    return round(statistics.fmean(values), 2) if values else None
+
+
+def _std(values):
+    return round(statistics.stdev(values), 2) if len(values) > 1 else None
+
+
+def write_results(rows: list[dict], out: str | os.PathLike) -> tuple[Path, Path]:
+    out = Path(out)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "results.csv", buffer.getvalue())
+    lines = ["| config | seeds | test top-1 (%) | test top-5 (%) | published top-1 (%) | params | MACs (M) | "
+             "keras.io GFLOPs |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(
+            f"| {row['config']} | {row['seeds']} | {_pm(row['top1_mean'], row['top1_std'])} | "
+            f"{_pm(row['top5_mean'], row['top5_std'])} | {row['published_top1'] or ''} | {row['params']:,} | "
+            f"{row['macs'] / 1e6:.2f} | {row['keras_io_gflops']} |")
+    write_text(out / "results.md", "\n".join(lines) + "\n")
+    return out / "results.csv", out / "results.md"
+
+
+def _pm(mean, std) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
