@@ -63,7 +63,7 @@ def test_backward_reaches_every_weight(name):
         loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(labels, probabilities))
     gradients = tape.gradient(loss, model.trainable_weights)
     assert np.isfinite(float(loss))
-    for variable, gradient in zip(model.trainable_weights, gradients):
+    for variable, gradient in zip(model.trainable_weights, gradients, strict=True):
         assert gradient is not None, f"{variable.path} gets no gradient"
         gradient = np.asarray(gradient)
         assert np.all(np.isfinite(gradient)), f"{variable.path} has a non-finite gradient"

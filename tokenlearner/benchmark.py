@@ -36,20 +36,8 @@ def benchmark(config: ModelConfig, batch_size: int = 256, steps: int = 6, starte
 
     training.train_step(images, labels)
     first_step_s = time.time() - started
-    training.train_step(images, labels)
-    step_times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        training.train_step(images, labels)
-        step_times.append(time.perf_counter() - start)
-
-    training.eval_step(images, labels)
-    inference_times = []
-    for _ in range(inference_repeats):
-        start = time.perf_counter()
-        training.eval_step(images, labels)
-        inference_times.append(time.perf_counter() - start)
-
+    step_times = _timed(lambda: training.train_step(images, labels), steps)
+    inference_times = _timed(lambda: training.eval_step(images, labels), inference_repeats)
     step = statistics.median(step_times)
     return {
         "train_images_per_s": batch_size / step,
@@ -60,3 +48,14 @@ def benchmark(config: ModelConfig, batch_size: int = 256, steps: int = 6, starte
         "steps": steps,
         "step_times_s": step_times,
     }
+
+
+def _timed(function, repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return times

@@ -51,7 +51,8 @@ def macs_sweep_figure(config: ModelConfig, parameter: str) -> go.Figure:
     reports = [count(learned.replace(**{parameter: value})) for value in values]
     baseline = count(config.replace(tokenlearner="none", fuser=False, pooling="mean"))
     figure = go.Figure()
-    figure.add_scatter(name="MACs (full count)", x=list(values), y=[r.macs / 1e6 for r in reports], mode="lines+markers")
+    figure.add_scatter(name="MACs (full count)", x=list(values), y=[r.macs / 1e6 for r in reports],
+                       mode="lines+markers")
     figure.add_scatter(name="keras.io convention (GFLOPs x 1000)", x=list(values),
                        y=[r.keras_io_gflops * 1e3 for r in reports], mode="lines+markers")
     figure.add_hline(y=baseline.macs / 1e6, line_dash="dot",

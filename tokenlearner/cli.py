@@ -140,7 +140,6 @@ def run_import_keras_io(args: argparse.Namespace) -> None:
     import numpy as np
 
     from tokenlearner.keras_io import load_keras_io_weights
-    from tokenlearner.runs import RunDirectory
 
     config = model_config(args)
     run = _new_run(args.out)
@@ -369,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     trainer = commands.add_parser("train", help="train a model and write its run directory")
     trainer.add_argument("--out", required=True, help="run directory to create")
-    trainer.add_argument("--data-dir", help=f"a cifar-10-batches-py folder (default: ${DATA_ENV}, then the Keras cache)")
+    trainer.add_argument("--data-dir",
+                         help=f"a cifar-10-batches-py folder (default: ${DATA_ENV}, then the Keras cache)")
     add_model_flags(trainer)
     add_train_flags(trainer)
     trainer.set_defaults(handler=run_train)

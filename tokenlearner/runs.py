@@ -194,7 +194,3 @@ def _process_alive(pid: Any) -> bool:
         return True
     return True
 
-
-def load_run(path: str | os.PathLike):
-    """(model, config) of a run directory or shipped checkpoint."""
-    return RunDirectory(path).load_model()

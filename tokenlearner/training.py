@@ -89,7 +89,7 @@ class Steps:
                 losses, top1, top5 = outcomes(labels, probabilities)
                 loss = tf.reduce_mean(losses)
             gradients = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             return tf.reduce_sum(losses), top1, top5
 
         @tf.function(input_signature=[images_spec, labels_spec])

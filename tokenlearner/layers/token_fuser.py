@@ -55,6 +55,5 @@ class TokenFuser(layers.Layer):
             return fused, gate_maps
         return fused
 
-
     def get_config(self):
         return {**super().get_config(), "bottleneck_dim": self.bottleneck_dim, "epsilon": self.epsilon}

@@ -73,7 +73,6 @@ class TokenLearner(layers.Layer):
             return tokens, ops.reshape(maps, (-1, self.num_tokens, self.grid_size, self.grid_size))
         return tokens
 
-
     def get_config(self):
         return {
             **super().get_config(),
@@ -150,7 +149,6 @@ class TokenLearnerV11(layers.Layer):
         if return_maps:
             return tokens, ops.reshape(maps, (-1, self.num_tokens, self.grid_size, self.grid_size))
         return tokens
-
 
     def get_config(self):
         return {
