@@ -8,7 +8,7 @@ from tokenlearner.charts import macs_breakdown_figure, macs_sweep_figure
 from tokenlearner.config import ModelConfig
 from tokenlearner.flops import count
 
-PAGES = ["pages/home.py", "pages/flops.py"]
+PAGES = ["pages/home.py", "pages/attention.py", "pages/flops.py"]
 
 
 def app() -> AppTest:
@@ -83,3 +83,68 @@ def test_sweep_figure_covers_the_valid_range(parameter, points):
     full = figure.data[0]
     assert len(full.x) == points
     assert full.y[list(full.x).index(4 if parameter == "num_tokens" else 3)] == pytest.approx(78.06592)
+
+
+@pytest.fixture
+def explorer(tmp_path, monkeypatch, request):
+    """A runs folder with one (untrained) TokenLearner + TokenFuser run, and CIFAR-10 from
+    $TOKENLEARNER_DATA_DIR, or a small generated folder where that is not set."""
+    import os
+
+    from cifar_files import make_cifar_folder
+
+    from tokenlearner import build_model
+    from tokenlearner.runs import RunDirectory
+
+    if not os.environ.get("TOKENLEARNER_DATA_DIR"):
+        monkeypatch.setenv("TOKENLEARNER_DATA_DIR", str(make_cifar_folder(tmp_path / "cifar-10-batches-py")))
+    config = ModelConfig(fuser=True, placement=3)
+    run = RunDirectory(tmp_path / "runs" / "fuser-run").create({"model": config.to_dict()})
+    run.save_model(build_model(config))
+    run.set_status("finished")
+    monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "runs"))
+    return run
+
+
+def attention_page() -> AppTest:
+    test = app().run()
+    test.switch_page("pages/attention.py").run()
+    return test
+
+
+def test_attention_page_overlays_test_images(explorer):
+    test = attention_page()
+    assert not test.exception, test.exception
+    assert test.selectbox(key="attention_run").value.name == "runs/fuser-run"
+    assert test.get("image"), "no overlays for the first class"
+    test.radio(key="attention_pick").set_value("at random").run()
+    test.slider(key="attention_count").set_value(3).run()
+    assert not test.exception
+    assert len(test.get("image")) == 3 * 2  # per image: the row of token maps and the dominant-token view
+    assert len(test.get("plotly_chart")) == 3  # top-5 bars
+    test.checkbox(key="attention_gates").check().run()
+    assert len(test.get("image")) == 3 * 3  # and TokenFuser's gate maps
+    test.radio(key="attention_pick").set_value("misclassified").run()
+    assert not test.exception
+
+
+def test_attention_page_takes_an_upload_and_refuses_a_bomb(explorer):
+    from test_images import INPUTS, encode
+    from PIL import Image
+
+    test = attention_page()
+    test.radio(key="attention_source").set_value("my own image").run()
+    test.file_uploader(key="attention_upload").set_value(("cat.png", INPUTS["rgba"], "image/png")).run()
+    assert not test.exception, test.exception
+    assert len(test.get("image")) == 2 + 2  # before/after, overlays, dominant view
+    bomb = encode(Image.new("1", (10_000, 10_000)), "PNG")
+    test.file_uploader(key="attention_upload").set_value(("bomb.png", bomb, "image/png")).run()
+    assert not test.exception
+    assert "declares 10000x10000 pixels" in test.error[0].value
+
+
+def test_attention_page_without_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "empty"))
+    test = attention_page()
+    assert not test.exception
+    assert "No trained model yet" in test.info[0].value

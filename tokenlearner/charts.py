@@ -60,3 +60,26 @@ def macs_sweep_figure(config: ModelConfig, parameter: str) -> go.Figure:
     figure.update_layout(xaxis_title=parameter.replace("num_tokens", "number of tokens"),
                          yaxis_title="millions per image")
     return figure
+
+
+def top5_figure(probabilities, class_names) -> go.Figure:
+    """Horizontal bars of the five most probable classes, the most probable on top."""
+    import numpy as np
+
+    ranking = np.argsort(probabilities)[::-1][:5][::-1]
+    figure = go.Figure(go.Bar(x=[100 * float(probabilities[i]) for i in ranking],
+                              y=[class_names[i] for i in ranking], orientation="h"))
+    figure.update_layout(xaxis_title="probability (%)", xaxis_range=[0, 100], height=220,
+                         margin={"l": 10, "r": 10, "t": 10, "b": 10})
+    return figure
+
+
+def training_curves_figure(epochs: list[dict], metric: str, log_y: bool = False) -> go.Figure:
+    """`metric` ("loss", "top1" or "top5") per epoch, training and validation."""
+    figure = go.Figure()
+    x = [epoch["epoch"] for epoch in epochs]
+    figure.add_scatter(name="training", x=x, y=[epoch[metric] for epoch in epochs], mode="lines+markers")
+    figure.add_scatter(name="validation", x=x, y=[epoch[f"val_{metric}"] for epoch in epochs], mode="lines+markers")
+    figure.update_layout(xaxis_title="epoch", yaxis_title=metric, yaxis_type="log" if log_y else "linear",
+                         height=300, margin={"t": 30})
+    return figure

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +195,45 @@ def _process_alive(pid: Any) -> bool:
         return True
     return True
 
+
+
+RUNS_ENV = "TOKENLEARNER_RUNS_DIR"
+CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def runs_root() -> Path:
+    """Where the app and the command line put new runs: $TOKENLEARNER_RUNS_DIR, else ./runs."""
+    return Path(os.environ.get(RUNS_ENV, "runs"))
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    name: str  # "checkpoints/<folder>" or "runs/<folder>"
+    run: RunDirectory
+    config: ModelConfig
+    state: str
+    summary: dict[str, Any] | None
+    has_model: bool
+
+
+def find_runs(*roots: str | os.PathLike) -> tuple[list[RunInfo], list[str]]:
+    """The run directories directly inside `roots` (default: the shipped checkpoints and the
+    runs folder), newest first within each root, and a message for each folder that looks
+    like a run but cannot be read."""
+    roots = roots or (CHECKPOINTS_DIR, runs_root())
+    found, problems = [], []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            continue
+        folders = sorted((p for p in root.iterdir() if (p / "config.json").exists()),
+                         key=lambda p: p.stat().st_mtime, reverse=True)
+        for folder in folders:
+            run = RunDirectory(folder)
+            try:
+                config = run.model_config()
+            except RunError as error:
+                problems.append(str(error))
+                continue
+            found.append(RunInfo(f"{root.name}/{folder.name}", run, config, run.status().get("state", "unknown"),
+                                 run.summary(), run.model_file.is_file()))
+    return found, problems

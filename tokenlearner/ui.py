@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from tokenlearner.config import ModelConfig
@@ -52,3 +54,57 @@ def model_controls(key: str, base: ModelConfig) -> ModelConfig:
                            horizontal=True, key=f"{key}_pooling")
     return base.replace(depth=depth, tokenlearner=version, num_tokens=tokens, fuser=fuser,
                         placement=placement, pooling=pooling)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model...")
+def load_run_model(model_path: str, modified: float):
+    """The model of a run directory; `modified` (model.keras's mtime) makes a newer best
+    checkpoint load afresh. Cached models are shared: never change them."""
+    from tokenlearner.runs import RunDirectory
+
+    return RunDirectory(Path(model_path).parent).load_model()[0]
+
+
+@st.cache_data(max_entries=2, show_spinner="Reading CIFAR-10...")
+def load_test_set(directory: str):
+    """(images, labels, class names) of the test batch in `directory`."""
+    from tokenlearner.data import load_cifar10
+
+    data = load_cifar10(directory)
+    return data.test_images, data.test_labels, data.class_names
+
+
+@st.cache_data(max_entries=4, show_spinner="Classifying the test images...")
+def test_predictions(model_path: str, modified: float, directory: str):
+    from tokenlearner.model import predict_with_maps
+
+    images, _, _ = load_test_set(directory)
+    probabilities, _ = predict_with_maps(load_run_model(model_path, modified), images)
+    return probabilities.argmax(axis=1)
+
+
+def data_directory(key: str) -> str | None:
+    """The CIFAR-10 folder (explicit setting, $TOKENLEARNER_DATA_DIR or the Keras cache);
+    where none is found, say where it looked, offer a folder field and return None."""
+    from tokenlearner.data import DataError, find_data_dir
+
+    explicit = st.session_state.get("data_dir") or None
+    try:
+        return str(find_data_dir(explicit))
+    except DataError as error:
+        st.warning(str(error))
+        typed = st.text_input("CIFAR-10 folder (cifar-10-batches-py)", key=f"{key}_data_dir_input")
+        if typed and st.button("Use this folder", key=f"{key}_data_dir_use"):
+            st.session_state["data_dir"] = typed
+            st.rerun()
+        return None
+
+
+@st.cache_data(max_entries=8)
+def training_images(directory: str, indices: tuple[int, ...]):
+    """The training-batch images at `indices` (the fixed images a run's maps are of), or
+    None when the folder holds fewer images than the run was trained on."""
+    from tokenlearner.data import load_cifar10
+
+    images = load_cifar10(directory).train_images
+    return images[list(indices)] if max(indices) < len(images) else None

@@ -1,0 +1,113 @@
+import io
+
+import streamlit as st
+
+from tokenlearner.charts import top5_figure
+from tokenlearner.data import CLASS_NAMES
+from tokenlearner.gallery import pick_images
+from tokenlearner.images import ImageError, read_image, to_model_input
+from tokenlearner.overlay import COLORMAPS, dominant_token_image, overlay_grid, stack_rows
+from tokenlearner.runs import find_runs
+from tokenlearner.ui import data_directory, load_run_model, load_test_set, test_predictions, training_images
+
+st.title("Attention")
+runs, problems = find_runs()
+runs = [run for run in runs if run.has_model]
+for problem in problems:
+    st.warning(problem)
+if not runs:
+    st.info("No trained model yet: train one on the Train page (or with `python -m tokenlearner train`).")
+    st.stop()
+
+choice = st.selectbox("model", runs, format_func=lambda run: f"{run.name} ({run.state})", key="attention_run")
+config = choice.config
+if config.tokenlearner == "none":
+    st.info("This model has no TokenLearner, so it has no token maps; its predictions are shown below.")
+model_path = str(choice.run.model_file)
+model = load_run_model(model_path, choice.run.model_file.stat().st_mtime)
+
+left, right = st.columns(2)
+opacity = left.slider("map opacity", 0.0, 1.0, 0.55, key="attention_opacity")
+colormap = right.selectbox("colour map", list(COLORMAPS), key="attention_colormap")
+
+source = st.radio("images", ["CIFAR-10 test images", "my own image"], horizontal=True, key="attention_source")
+images, captions = None, []
+class_names = choice.run.record().get("data", {}).get("class_names", list(CLASS_NAMES))
+if source == "my own image":
+    upload = st.file_uploader("a PNG or JPEG (centre-cropped and resized to 32x32)", type=["png", "jpg", "jpeg"],
+                              key="attention_upload")
+    if upload is not None:
+        try:
+            original = read_image(upload.getvalue())
+        except ImageError as error:
+            st.error(str(error))
+        else:
+            images = to_model_input(original)[None]
+            before, after = st.columns(2)
+            before.image(original, caption=f"your image, {original.width}x{original.height}", width=240)
+            after.image(images[0], caption="what the model sees, 32x32", width=240)
+            captions = [upload.name]
+else:
+    directory = data_directory("attention")
+    if directory is not None:
+        test_images, test_labels, names = load_test_set(directory)
+        how = st.radio("pick", ["by class", "at random", "misclassified"], horizontal=True, key="attention_pick")
+        columns = st.columns(3)
+        count = columns[0].slider("how many", 1, 8, 4, key="attention_count")
+        seed = columns[1].number_input("draw", 0, 10_000, 0, key="attention_seed")
+        class_index = 0
+        if how == "by class":
+            class_index = columns[2].selectbox("class", range(len(names)), format_func=lambda i: names[i],
+                                               key="attention_class")
+        predicted = test_predictions(model_path, choice.run.model_file.stat().st_mtime, directory) \
+            if how == "misclassified" else None
+        picked = pick_images(test_labels, how, count, seed, class_index, predicted)
+        if len(picked) == 0:
+            st.info("No test image matches.")
+        else:
+            images = test_images[picked]
+            captions = [f"test image {i}: {names[test_labels[i]]}" for i in picked]
+
+if images is not None:
+    from tokenlearner.model import predict_with_maps
+
+    probabilities, maps = predict_with_maps(model, images)
+    show_gates = any(name.startswith("token_fuser") for name in maps) and st.checkbox(
+        "show TokenFuser gate maps too", key="attention_gates")
+    shown = {name: value for name, value in maps.items() if show_gates or not name.startswith("token_fuser")}
+    sheets = []
+    for index, caption in enumerate(captions):
+        st.subheader(caption)
+        bars, pictures = st.columns([1, 3])
+        bars.plotly_chart(top5_figure(probabilities[index], class_names), key=f"attention_top5_{index}")
+        rows = [overlay_grid(images[index], layer[index], config.covered_region(), opacity=opacity,
+                             colormap=colormap) for layer in shown.values()]
+        for (name, layer), row in zip(shown.items(), rows, strict=True):
+            pictures.image(row, caption=f"{name}: the image, then each token's map", width="stretch")
+        if shown:
+            first = next(iter(maps.values()))
+            pictures.image(dominant_token_image(images[index], first[index], config.covered_region()),
+                           caption="each patch coloured by the token that weights it most", width=200)
+            sheets += rows
+    if sheets:
+        buffer = io.BytesIO()
+        stack_rows(sheets).save(buffer, format="PNG")
+        st.download_button("Download the maps (PNG)", buffer.getvalue(), "token-maps.png", "image/png")
+
+epochs = choice.run.map_epochs()
+if len(epochs) > 1:
+    st.subheader("How the maps formed during training")
+    epoch = st.select_slider("after epoch", epochs, value=epochs[-1], key="attention_epoch")
+    _, epoch_maps = choice.run.maps(epoch)
+    indices = choice.run.map_images()["train_batch_indices"]
+    directory = data_directory("attention_epochs")
+    if directory is not None and epoch_maps:
+        originals = training_images(directory, tuple(indices))
+        if originals is None:
+            st.warning("This run was trained on a larger CIFAR-10 folder than the one found now.")
+        else:
+            first = next(iter(epoch_maps.values()))
+            for position, image_index in enumerate(indices[:4]):
+                st.image(overlay_grid(originals[position], first[position], config.covered_region(),
+                                      opacity=opacity, colormap=colormap),
+                         caption=f"validation image {image_index}, epoch {epoch}", width="stretch")
