@@ -6,6 +6,7 @@ st.set_page_config(page_title="TokenLearner Explorer", page_icon=":material/grid
 page = st.navigation(
     [
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
         st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
         st.Page("pages/flops.py", title="FLOPs", icon=":material/calculate:"),
     ]

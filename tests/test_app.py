@@ -148,3 +148,36 @@ def test_attention_page_without_runs(tmp_path, monkeypatch):
     test = attention_page()
     assert not test.exception
     assert "No trained model yet" in test.info[0].value
+
+
+@pytest.mark.slow
+def test_train_page_runs_a_job_and_shows_it_finished(tmp_path, monkeypatch):
+    import time
+
+    from cifar_files import make_cifar_folder
+
+    from tokenlearner.jobs import active_job
+
+    monkeypatch.setenv("TOKENLEARNER_DATA_DIR", str(make_cifar_folder(tmp_path / "cifar-10-batches-py")))
+    monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "runs"))
+    test = app().run()
+    test.switch_page("pages/train.py").run()
+    assert not test.exception, test.exception
+    test.slider(key="train_depth").set_value(2).run()
+    test.slider(key="train_placement").set_value(1).run()
+    test.slider(key="train_epochs").set_value(1).run()
+    test.select_slider(key="train_batch").set_value(32).run()
+    test.text_input(key="train_name").set_value("tiny").run()
+    test.button(key="train_start").click().run()
+    assert not test.exception, test.exception
+
+    test.button(key="train_start").click().run()  # a second job while the first runs
+    assert "already running (tiny)" in test.error[0].value
+
+    deadline = time.time() + 180
+    while active_job(tmp_path / "runs") is not None and time.time() < deadline:
+        time.sleep(1)
+    test.run()
+    assert not test.exception, test.exception
+    assert any("Finished: test top-1" in message.value for message in test.success), test.markdown
+    assert (tmp_path / "runs" / "tiny" / "model.keras").is_file()

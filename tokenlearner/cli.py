@@ -40,9 +40,16 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     _add_fields(parser.add_argument_group("training (defaults: the keras.io recipe)"), TrainConfig)
 
 
+def flag_name(config_class, name: str) -> str:
+    """The command-line flag of a config field: `--` and its name with dashes, unless the
+    field names its own (`num_tokens` is `--tokens`)."""
+    field = next(f for f in dataclasses.fields(config_class) if f.name == name)
+    return field.metadata.get("flag") or "--" + name.replace("_", "-")
+
+
 def _add_fields(group, config_class) -> None:
     for field in dataclasses.fields(config_class):
-        flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
+        flag = flag_name(config_class, field.name)
         help_text = f"{field.metadata['help']} (default {_show(field.default)})"
         if field.type == "bool":
             group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,

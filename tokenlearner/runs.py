@@ -187,6 +187,11 @@ class RunDirectory:
 def _process_alive(pid: Any) -> bool:
     if not isinstance(pid, int):
         return False
+    try:  # a child of this process (a job the app started) stays a zombie until it is reaped
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        return reaped != pid
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

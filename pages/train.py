@@ -1,0 +1,88 @@
+import time
+
+import streamlit as st
+
+from tokenlearner.charts import training_curves_figure
+from tokenlearner.config import TrainConfig
+from tokenlearner.flops import count
+from tokenlearner.jobs import JobError, active_job, job_log, last_job, start_job
+from tokenlearner.overlay import overlay_grid
+from tokenlearner.runs import runs_root
+from tokenlearner.ui import data_directory, model_controls, preset_picker, training_images
+
+st.title("Train")
+root = runs_root()
+
+
+@st.fragment(run_every=1.0)
+def live_job():
+    """Progress, curves and the latest token maps of the current (or last) job, refreshed every second."""
+    run = active_job(root) or last_job(root)
+    if run is None or not run.path.exists():
+        return
+    status = run.status()
+    state = status.get("state", "starting")
+    st.subheader(f"{run.path.name}: {state}")
+    progress = run.progress()
+    if state == "running" and progress:
+        done = ((progress["epoch"] - 1) * progress["steps"] + progress["step"]) / (progress["epochs"] * progress["steps"])
+        st.progress(min(done, 1.0), text=f"epoch {progress['epoch']}/{progress['epochs']}, step {progress['step']}/"
+                    f"{progress['steps']}, {progress['images_per_s']:.0f} images/s, ETA {progress['eta_s']:.0f} s")
+        if st.button("Stop", key="train_stop"):
+            run.request_stop()
+    elif state == "unknown" and active_job(root) is not None:
+        st.info("Starting: loading TensorFlow and the data, then compiling the training step...")
+    elif state == "failed":
+        st.error(status.get("error", "the job failed") + "\n\n" + job_log(run)[-600:])
+    elif state in ("finished", "stopped"):
+        summary = run.summary() or {}
+        if summary.get("test_top1") is not None:
+            st.success(f"Finished: test top-1 {100 * summary['test_top1']:.1f}%, top-5 "
+                       f"{100 * summary['test_top5']:.1f}%. It is on the Attention page now.")
+        else:
+            st.info("Stopped: the best weights so far are saved; the Attention page shows them.")
+    epochs = run.epochs()
+    if epochs:
+        columns = st.columns(3)
+        for column, metric in zip(columns, ("loss", "top1", "top5"), strict=True):
+            column.plotly_chart(training_curves_figure(epochs, metric), key=f"train_curve_{metric}")
+    map_epochs = run.map_epochs()
+    if map_epochs and data_dir is not None:
+        _, maps = run.maps(map_epochs[-1])
+        indices = run.map_images()["train_batch_indices"]
+        originals = training_images(data_dir, tuple(indices))
+        if maps and originals is not None:
+            first = next(iter(maps.values()))
+            st.caption(f"token maps of fixed validation images after epoch {map_epochs[-1]}")
+            config = run.model_config()
+            for position in range(min(3, len(first))):
+                st.image(overlay_grid(originals[position], first[position], config.covered_region(), scale=4),
+                         width="stretch")
+
+
+data_dir = data_directory("train")
+running = active_job(root)
+with st.expander("New training run", expanded=running is None):
+    model_column, recipe_column = st.columns(2)
+    with model_column:
+        model = model_controls("train", preset_picker("train"))
+        cost = count(model)
+        st.caption(f"{cost.params:,} parameters, {cost.macs / 1e6:.2f} M MACs, "
+                   f"{cost.keras_io_gflops:.5f} keras.io GFLOPs per image")
+    with recipe_column:
+        epochs = st.slider("epochs", 1, 100, 20, key="train_epochs")
+        batch_size = st.select_slider("batch size", [32, 64, 128, 256, 512], 256, key="train_batch")
+        learning_rate = st.select_slider("learning rate", [1e-4, 3e-4, 1e-3, 3e-3], 1e-3, key="train_lr")
+        seed = st.number_input("seed", 0, 1_000_000, 0, key="train_seed")
+        limit = st.number_input("training images (0: all)", 0, 50_000, 0, step=100, key="train_limit")
+        name = st.text_input("run name", time.strftime("run-%Y%m%d-%H%M%S"), key="train_name")
+    if st.button("Start training", type="primary", disabled=data_dir is None, key="train_start"):
+        try:
+            recipe = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=int(seed),
+                                 limit=int(limit))
+            start_job(model, recipe, root, name.strip(), data_dir)
+        except (JobError, ValueError) as error:
+            st.error(str(error))
+        else:
+            st.rerun()
+live_job()

@@ -1,0 +1,88 @@
+"""Training jobs started from the app: each is the command line's `train` in its own
+process, writing its run directory; the app keeps only a small lock file, so a reload
+or a second tab finds the running job again, and a second job is refused while one runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tokenlearner.config import ModelConfig, TrainConfig
+from tokenlearner.files import read_json, write_json
+from tokenlearner.runs import RunDirectory, _process_alive
+
+LOCK = ".training-job.json"
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+class JobError(RuntimeError):
+    """A job cannot be started; the message says why."""
+
+
+def config_flags(model: ModelConfig, train: TrainConfig) -> list[str]:
+    """Command-line flags that make `train` use exactly these configs."""
+    from tokenlearner.cli import flag_name
+
+    flags = []
+    for config in (model, train):
+        for name, value in config.to_dict().items():
+            flag = flag_name(type(config), name)
+            if isinstance(value, bool):
+                flags.append(flag if value else "--no-" + flag[2:])
+            elif isinstance(value, list):
+                flags += [flag, ",".join(map(str, value))]
+            else:
+                flags += [flag, str(value)]
+    return flags
+
+
+def active_job(root: str | os.PathLike) -> RunDirectory | None:
+    """The run directory of the job still running under `root`, if any."""
+    try:
+        lock = read_json(Path(root) / LOCK)
+    except ValueError:
+        return None
+    run = RunDirectory(lock["run"])
+    if not _process_alive(lock.get("pid")) or run.status().get("state") in ("finished", "stopped", "failed"):
+        return None
+    return run
+
+
+def last_job(root: str | os.PathLike) -> RunDirectory | None:
+    """The run directory of the most recent job under `root`, running or not."""
+    try:
+        return RunDirectory(read_json(Path(root) / LOCK)["run"])
+    except (ValueError, KeyError):
+        return None
+
+
+def start_job(model: ModelConfig, train: TrainConfig, root: str | os.PathLike, name: str, data_dir: str) -> RunDirectory:
+    """Start `python -m tokenlearner train` for the configs in `root/name`; `JobError` if a
+    job is running or the name is taken."""
+    root = Path(root)
+    running = active_job(root)
+    if running is not None:
+        raise JobError(f"a training job is already running ({running.path.name}): stop it or wait for it to finish")
+    if not name or "/" in name or name.startswith("."):
+        raise JobError(f"{name!r} is not a usable run name: use letters, digits, '-' and '_'")
+    run = RunDirectory(root / name)
+    if run.path.exists():
+        raise JobError(f"a run named {name!r} exists already: choose another name")
+    root.mkdir(parents=True, exist_ok=True)
+    log = open(root / f".{name}.log", "wb")  # noqa: SIM115  (handed to the child process)
+    with log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tokenlearner", "train", "--out", str(run.path.resolve()), "--data-dir", data_dir,
+             *config_flags(model, train)],
+            cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    write_json(root / LOCK, {"pid": process.pid, "run": str(run.path.resolve())})
+    return run
+
+
+def job_log(run: RunDirectory) -> str:
+    """The last lines the job printed (its errors, when it failed before writing a status)."""
+    path = run.path.parent / f".{run.path.name}.log"
+    return path.read_text(errors="replace")[-2000:] if path.exists() else ""
