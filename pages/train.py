@@ -75,7 +75,8 @@ with st.expander("New training run", expanded=running is None):
         learning_rate = st.select_slider("learning rate", [1e-4, 3e-4, 1e-3, 3e-3], 1e-3, key="train_lr")
         seed = st.number_input("seed", 0, 1_000_000, 0, key="train_seed")
         limit = st.number_input("training images (0: all)", 0, 50_000, 0, step=100, key="train_limit")
-        name = st.text_input("run name", time.strftime("run-%Y%m%d-%H%M%S"), key="train_name")
+        st.session_state.setdefault("train_name", time.strftime("run-%Y%m%d-%H%M%S"))
+        name = st.text_input("run name", key="train_name")
     if st.button("Start training", type="primary", disabled=data_dir is None, key="train_start"):
         try:
             recipe = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=int(seed),

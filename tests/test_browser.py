@@ -1,0 +1,114 @@
+"""End to end in a real browser: `streamlit run app.py` on a free localhost port, driven
+by Playwright in Debian's Chromium. Screenshots of every page land in test-artifacts/."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts"
+PAGES = {"": "TokenLearner Explorer", "train": "Train", "attention": "Attention", "flops": "FLOPs"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("no Chromium here: install Debian's chromium package (apt-get install chromium)")
+    pytest.importorskip("playwright", reason="pip install playwright (requirements-dev.txt)")
+    from cifar_files import make_cifar_folder
+
+    from tokenlearner import ModelConfig, build_model
+    from tokenlearner.runs import RunDirectory
+
+    work = tmp_path_factory.mktemp("browser")
+    config = ModelConfig()
+    run = RunDirectory(work / "runs" / "untrained").create({"model": config.to_dict()})
+    run.save_model(build_model(config))
+    run.set_status("finished")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "TOKENLEARNER_RUNS_DIR": str(work / "runs")}
+    env.setdefault("TOKENLEARNER_DATA_DIR", str(make_cifar_folder(work / "cifar-10-batches-py")))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if time.time() > deadline or process.poll() is not None:
+            process.kill()
+            pytest.fail(f"streamlit did not come up: {process.stdout.read().decode()[-2000:]}")
+        time.sleep(0.5)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url, path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.goto(f"{url}/{path}")
+    page.get_by_role("heading", name=PAGES[path], exact=True).wait_for(timeout=60_000)
+    page.wait_for_load_state("networkidle")
+    return page
+
+
+@pytest.mark.parametrize("path", list(PAGES))
+def test_every_page_loads_without_an_error(browser, server, path):
+    page = open_page(browser, server, path)
+    if path == "attention":
+        page.locator('[data-testid="stImage"]').first.wait_for(timeout=60_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"page-{path or 'home'}.png", full_page=True)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.close()
+
+
+def test_a_slider_moved_in_the_browser_changes_the_macs(browser, server):
+    page = open_page(browser, server, "flops")
+    macs = page.locator('[data-testid="stMetricValue"]').first
+    assert macs.inner_text() == "78.07 M"
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text="tokens").first
+    track = slider.locator('[role="group"] > div').first  # the slider's track
+    box = track.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.98, box["y"] + box["height"] / 2)  # towards 16 tokens
+    page.wait_for_function("""() => document.querySelector('[data-testid="stMetricValue"]').innerText !== "78.07 M" """,
+                           timeout=30_000)
+    assert macs.inner_text() != "78.07 M"
+    page.close()
+
+
+def test_the_attention_page_shows_overlays(browser, server):
+    page = open_page(browser, server, "attention")
+    page.locator('[data-testid="stImage"]').first.wait_for(timeout=60_000)
+    assert page.locator('[data-testid="stImage"]').count() >= 2
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.close()
