@@ -8,7 +8,7 @@ from tokenlearner.flops import count
 from tokenlearner.jobs import JobError, active_job, job_log, last_job, start_job
 from tokenlearner.overlay import overlay_grid
 from tokenlearner.runs import runs_root
-from tokenlearner.ui import data_directory, model_controls, preset_picker, training_images
+from tokenlearner.ui import Limits, data_directory, model_controls, preset_picker, training_images
 
 st.title("Train")
 root = runs_root()
@@ -70,11 +70,17 @@ with st.expander("New training run", expanded=running is None):
         st.caption(f"{cost.params:,} parameters, {cost.macs / 1e6:.2f} M MACs, "
                    f"{cost.keras_io_gflops:.5f} keras.io GFLOPs per image")
     with recipe_column:
-        epochs = st.slider("epochs", 1, 100, 20, key="train_epochs")
+        limits = Limits.current()
+        epochs = st.slider("epochs", 1, limits.max_epochs, min(20, limits.max_epochs), key="train_epochs")
         batch_size = st.select_slider("batch size", [32, 64, 128, 256, 512], 256, key="train_batch")
         learning_rate = st.select_slider("learning rate", [1e-4, 3e-4, 1e-3, 3e-3], 1e-3, key="train_lr")
         seed = st.number_input("seed", 0, 1_000_000, 0, key="train_seed")
-        limit = st.number_input("training images (0: all)", 0, 50_000, 0, step=100, key="train_limit")
+        if limits.max_images:
+            limit = st.number_input("training images", 100, limits.max_images, limits.max_images, step=100,
+                                    key="train_limit")
+            st.caption(f"This public demo trains at most {limits.max_epochs} epochs on {limits.max_images:,} images.")
+        else:
+            limit = st.number_input("training images (0: all)", 0, 50_000, 0, step=100, key="train_limit")
         st.session_state.setdefault("train_name", time.strftime("run-%Y%m%d-%H%M%S"))
         name = st.text_input("run name", key="train_name")
     if st.button("Start training", type="primary", disabled=data_dir is None, key="train_start"):

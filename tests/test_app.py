@@ -181,3 +181,23 @@ def test_train_page_runs_a_job_and_shows_it_finished(tmp_path, monkeypatch):
     assert not test.exception, test.exception
     assert any("Finished: test top-1" in message.value for message in test.success), test.markdown
     assert (tmp_path / "runs" / "tiny" / "model.keras").is_file()
+
+
+def test_home_lists_finished_runs_in_the_zoo(explorer):
+    test = app().run()
+    assert "No finished run yet" in test.info[0].value
+    explorer.write_summary({"test_top1": 0.5123, "test_top5": 0.9, "test_images": 817, "params": 1,
+                            "macs": 2_000_000, "keras_io_gflops": 0.01})
+    test = app().run()
+    assert not test.exception
+    zoo = test.dataframe[-1].value
+    assert list(zoo["run"]) == ["runs/fuser-run"] and list(zoo["test top-1 (%)"]) == [51.23]
+
+
+def test_demo_mode_caps_the_training_job(monkeypatch):
+    monkeypatch.setenv("TOKENLEARNER_DEMO", "1")
+    test = app().run()
+    test.switch_page("pages/train.py").run()
+    assert not test.exception
+    assert test.slider(key="train_epochs").max == 5
+    assert test.number_input(key="train_limit").value == 2000

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
 from tokenlearner.config import ModelConfig
 from tokenlearner.presets import PRESETS
+
+@dataclass(frozen=True)
+class Limits:
+    """What the Train page allows. A public demo (TOKENLEARNER_DEMO=1) caps a job's size;
+    one job at a time holds everywhere."""
+
+    max_epochs: int
+    max_images: int  # 0: every training image
+
+    @classmethod
+    def current(cls) -> "Limits":
+        if os.environ.get("TOKENLEARNER_DEMO") == "1":
+            return cls(max_epochs=5, max_images=2000)
+        return cls(max_epochs=100, max_images=0)
+
 
 TOKENLEARNER_LABELS = {"none": "none", "v1": "v1.0", "v11": "v1.1"}
 MAX_APP_DEPTH = 12
