@@ -65,7 +65,7 @@ running = active_job(root)
 with st.expander("New training run", expanded=running is None):
     model_column, recipe_column = st.columns(2)
     with model_column:
-        model = model_controls("train", preset_picker("train"))
+        model = model_controls("train", preset_picker("train"), linked=True)
         cost = count(model)
         st.caption(f"{cost.params:,} parameters, {cost.macs / 1e6:.2f} M MACs, "
                    f"{cost.keras_io_gflops:.5f} keras.io GFLOPs per image")

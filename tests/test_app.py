@@ -201,3 +201,24 @@ def test_demo_mode_caps_the_training_job(monkeypatch):
     assert not test.exception
     assert test.slider(key="train_epochs").max == 5
     assert test.number_input(key="train_limit").value == 2000
+
+
+def test_the_url_carries_the_config():
+    test = app()
+    test.query_params.update({"tokens": "8", "depth": "6", "placement": "2"})
+    test.run()
+    test.switch_page("pages/flops.py").run()
+    assert not test.exception
+    assert metric(test, "MACs") == f"{count(ModelConfig(num_tokens=8, depth=6, placement=2)).macs / 1e6:.2f} M"
+    test.slider(key="flops_0_tokens").set_value(5).run()
+    assert test.query_params["tokens"] == "5"
+
+
+def test_an_invalid_link_is_reported_and_ignored():
+    test = app()
+    test.query_params.update({"tokens": "999"})
+    test.run()
+    test.switch_page("pages/flops.py").run()
+    assert not test.exception
+    assert "num_tokens=999 is out of range" in test.warning[0].value
+    assert metric(test, "MACs") == "78.07 M"

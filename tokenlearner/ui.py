@@ -37,16 +37,58 @@ def preset_picker(key: str, default: str = "keras-io-4-tokens") -> ModelConfig:
     def forget_controls() -> None:
         for name in [name for name in st.session_state if name.startswith(f"{key}_") and name != f"{key}_preset"]:
             del st.session_state[name]
+        for parameter in URL_FIELDS:  # a linked set would otherwise start from the old link
+            st.query_params.pop(parameter, None)
 
     name = st.selectbox("start from", list(PRESETS), index=list(PRESETS).index(default), key=f"{key}_preset",
                         on_change=forget_controls)
     return PRESETS[name]
 
 
-def model_controls(key: str, base: ModelConfig) -> ModelConfig:
+# The knobs a link carries: query parameter -> (config field, parse).
+URL_FIELDS = {
+    "depth": ("depth", int),
+    "tokenlearner": ("tokenlearner", str),
+    "tokens": ("num_tokens", int),
+    "placement": ("placement", int),
+    "fuser": ("fuser", lambda text: text == "1"),
+    "pooling": ("pooling", str),
+}
+
+
+def config_from_url(base: ModelConfig) -> ModelConfig:
+    """`base` with the knobs the page's URL sets; an invalid link is reported and ignored."""
+    changes = {}
+    try:
+        for parameter, (field, parse) in URL_FIELDS.items():
+            if parameter in st.query_params:
+                changes[field] = parse(st.query_params[parameter])
+        return base.replace(**changes)
+    except ValueError as error:
+        st.warning(f"The link's model settings are not valid ({error}); showing the defaults instead.")
+        return base
+
+
+def config_to_url(config: ModelConfig) -> None:
+    values = {parameter: getattr(config, field) for parameter, (field, _) in URL_FIELDS.items()}
+    st.query_params.update({name: str(int(v)) if isinstance(v, bool) else str(v) for name, v in values.items()})
+
+
+def model_controls(key: str, base: ModelConfig, linked: bool = False) -> ModelConfig:
     """Widgets for the explorer's knobs (depth, TokenLearner, tokens, placement, TokenFuser,
     pooling); `key` keeps several sets apart on one page. The ranges only allow valid
-    configs: placement is clamped whenever depth or TokenFuser changes."""
+    configs: placement is clamped whenever depth or TokenFuser changes. With `linked`, the
+    knobs start from the page's URL and are written back to it, so a link reproduces them."""
+    if linked:
+        if f"{key}_depth" not in st.session_state:
+            base = config_from_url(base)
+        config = _model_controls(key, base)
+        config_to_url(config)
+        return config
+    return _model_controls(key, base)
+
+
+def _model_controls(key: str, base: ModelConfig) -> ModelConfig:
     depth = st.slider("depth (blocks)", 1, MAX_APP_DEPTH, base.depth, key=f"{key}_depth")
     version = st.selectbox("TokenLearner", list(TOKENLEARNER_LABELS), format_func=TOKENLEARNER_LABELS.get,
                            index=list(TOKENLEARNER_LABELS).index(base.tokenlearner), key=f"{key}_tokenlearner")
@@ -61,10 +103,12 @@ def model_controls(key: str, base: ModelConfig) -> ModelConfig:
         st.caption("placement 0: with TokenFuser and one block, TokenLearner comes before it")
         placement = 0
     else:
-        if placement_key in st.session_state:
+        label = "placement (blocks before TokenLearner)"
+        if placement_key in st.session_state:  # the widget's state wins over a default: clamp it instead
             st.session_state[placement_key] = min(st.session_state[placement_key], last)
-        placement = st.slider("placement (blocks before TokenLearner)", 0, last, min(base.placement, last),
-                              key=placement_key)
+            placement = st.slider(label, 0, last, key=placement_key)
+        else:
+            placement = st.slider(label, 0, last, min(base.placement, last), key=placement_key)
     pooling = "mean"
     if version == "v1":
         pooling = st.radio("pooling", ["mean", "sum"], index=["mean", "sum"].index(base.pooling),
