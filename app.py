@@ -8,6 +8,7 @@ page = st.navigation(
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
         st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
         st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page("pages/flops.py", title="FLOPs", icon=":material/calculate:"),
     ]
 )

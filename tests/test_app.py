@@ -8,7 +8,7 @@ from tokenlearner.charts import macs_breakdown_figure, macs_sweep_figure
 from tokenlearner.config import ModelConfig
 from tokenlearner.flops import count
 
-PAGES = ["pages/home.py", "pages/attention.py", "pages/flops.py"]
+PAGES = ["pages/home.py", "pages/train.py", "pages/attention.py", "pages/compare.py", "pages/flops.py"]
 
 
 def app() -> AppTest:
@@ -222,3 +222,51 @@ def test_an_invalid_link_is_reported_and_ignored():
     assert not test.exception
     assert "num_tokens=999 is out of range" in test.warning[0].value
     assert metric(test, "MACs") == "78.07 M"
+
+
+@pytest.fixture
+def two_runs(explorer):
+    from tokenlearner.runs import RunDirectory
+
+    explorer.write_summary({"test_top1": 0.40, "test_top5": 0.9, "best_val_top1": 0.41, "train_seconds": 60})
+    for epoch in (1, 2):
+        explorer.append_epoch({"epoch": epoch, "loss": 2.0 / epoch, "top1": 0.2 * epoch, "top5": 0.5, "val_loss": 2.1,
+                               "val_top1": 0.2 * epoch, "val_top5": 0.6})
+    cheaper = ModelConfig(tokenlearner="none", depth=2, placement=2)
+    other = RunDirectory(explorer.path.parent / "baseline").create({"model": cheaper.to_dict(), "train": {"epochs": 2}})
+    other.write_summary({"test_top1": 0.45, "test_top5": 0.92, "best_val_top1": 0.44, "train_seconds": 30})
+    other.set_status("finished")
+    return explorer, other
+
+
+def test_compare_page(two_runs):
+    test = app().run()
+    test.switch_page("pages/compare.py").run()
+    assert not test.exception, test.exception
+    table = test.dataframe[0].value
+    assert sorted(table["run"]) == ["runs/baseline", "runs/fuser-run"]
+    test.slider(key="compare_threshold").set_value(42).run()
+    assert list(test.dataframe[0].value["run"]) == ["runs/baseline"]
+    test.slider(key="compare_threshold").set_value(0).run()
+    test.selectbox(key="compare_delete").set_value(next(
+        option for option in test.selectbox(key="compare_delete").options if "baseline" in option))
+    test.run()
+    assert test.button(key="compare_delete_button").disabled  # not confirmed yet
+    test.checkbox(key="compare_delete_confirm").check().run()
+    test.button(key="compare_delete_button").click().run()
+    assert not test.exception, test.exception
+    assert not two_runs[1].path.exists() and two_runs[0].path.exists()
+
+
+def test_pareto_front_and_exports(two_runs):
+    from tokenlearner.compare import epochs_csv, pareto_front, runs_table
+    from tokenlearner.runs import find_runs
+
+    runs, _ = find_runs(two_runs[0].path.parent)
+    rows = runs_table(runs)
+    # the baseline is both cheaper (depth 2) and more accurate: it alone is on the front
+    assert pareto_front(rows) == ["runs/baseline"]
+    rows.append({**rows[0], "run": "runs/bigger-better", "test_top1": 60.0, "macs_m": 500.0})
+    assert sorted(pareto_front(rows)) == ["runs/baseline", "runs/bigger-better"]
+    lines = epochs_csv(runs).splitlines()
+    assert lines[0].startswith("run,epoch,loss") and len(lines) == 3

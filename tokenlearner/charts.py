@@ -83,3 +83,29 @@ def training_curves_figure(epochs: list[dict], metric: str, log_y: bool = False)
     figure.update_layout(xaxis_title="epoch", yaxis_title=metric, yaxis_type="log" if log_y else "linear",
                          height=300, margin={"t": 30})
     return figure
+
+
+def accuracy_cost_figure(rows: list[dict], front: list[str], log_x: bool = False) -> go.Figure:
+    """Test top-1 against MACs, one point per run, the Pareto front joined by a line."""
+    scored = [row for row in rows if row["test_top1"] is not None]
+    figure = go.Figure()
+    figure.add_scatter(name="runs", x=[row["macs_m"] for row in scored], y=[row["test_top1"] for row in scored],
+                       text=[row["run"] for row in scored], mode="markers", marker={"size": 10})
+    best = sorted((row for row in scored if row["run"] in front), key=lambda row: row["macs_m"])
+    figure.add_scatter(name="Pareto front", x=[row["macs_m"] for row in best], y=[row["test_top1"] for row in best],
+                       text=[row["run"] for row in best], mode="lines+markers",
+                       marker={"size": 12, "symbol": "star"})
+    figure.update_layout(xaxis_title="MACs per image (millions)", yaxis_title="test top-1 (%)",
+                         xaxis_type="log" if log_x else "linear", height=420)
+    return figure
+
+
+def curves_overlay_figure(curves: dict[str, list[dict]], metric: str, log_y: bool = False) -> go.Figure:
+    """Validation `metric` per epoch for several runs on one chart."""
+    figure = go.Figure()
+    for name, epochs in curves.items():
+        figure.add_scatter(name=name, x=[epoch["epoch"] for epoch in epochs],
+                           y=[epoch[f"val_{metric}"] for epoch in epochs], mode="lines")
+    figure.update_layout(xaxis_title="epoch", yaxis_title=f"validation {metric}",
+                         yaxis_type="log" if log_y else "linear", height=380)
+    return figure

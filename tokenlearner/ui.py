@@ -13,17 +13,18 @@ from tokenlearner.presets import PRESETS
 
 @dataclass(frozen=True)
 class Limits:
-    """What the Train page allows. A public demo (TOKENLEARNER_DEMO=1) caps a job's size;
-    one job at a time holds everywhere."""
+    """What the app allows. A public demo (TOKENLEARNER_DEMO=1) caps a job's size and hides
+    run deletion; one job at a time holds everywhere."""
 
     max_epochs: int
     max_images: int  # 0: every training image
+    allow_delete: bool
 
     @classmethod
     def current(cls) -> "Limits":
         if os.environ.get("TOKENLEARNER_DEMO") == "1":
-            return cls(max_epochs=5, max_images=2000)
-        return cls(max_epochs=100, max_images=0)
+            return cls(max_epochs=5, max_images=2000, allow_delete=False)
+        return cls(max_epochs=100, max_images=0, allow_delete=True)
 
 
 TOKENLEARNER_LABELS = {"none": "none", "v1": "v1.0", "v11": "v1.1"}

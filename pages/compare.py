@@ -1,0 +1,62 @@
+import streamlit as st
+
+from tokenlearner.charts import accuracy_cost_figure, curves_overlay_figure
+from tokenlearner.compare import delete_run, epochs_csv, pareto_front, runs_table, to_csv
+from tokenlearner.flops import count
+from tokenlearner.presets import PRESETS, PUBLISHED
+from tokenlearner.runs import find_runs, runs_root
+from tokenlearner.ui import Limits
+
+st.title("Compare")
+runs, problems = find_runs()
+for problem in problems:
+    st.warning(problem)
+if not runs:
+    st.info("No runs yet: train one on the Train page, or with `python -m tokenlearner train`.")
+    st.stop()
+
+rows = runs_table(runs)
+threshold = st.slider("only runs with test top-1 of at least (%)", 0, 100, 0, key="compare_threshold")
+shown = [row for row in rows if threshold == 0 or (row["test_top1"] or 0) >= threshold]
+st.dataframe(shown, hide_index=True)
+left, right = st.columns(2)
+left.download_button("Download this table (CSV)", to_csv(shown), "runs.csv", "text/csv")
+right.download_button("Download every epoch of every run (CSV)", epochs_csv(runs), "epochs.csv", "text/csv")
+
+st.subheader("Accuracy against cost")
+log_x = st.checkbox("log-scale MACs", key="compare_log_x")
+st.plotly_chart(accuracy_cost_figure(shown, pareto_front(shown), log_x), key="compare_pareto")
+
+st.subheader("Training curves")
+names = [row["run"] for row in shown]
+chosen = st.multiselect("runs", names, default=names[:3], key="compare_runs")
+metric = st.radio("metric", ["top1", "top5", "loss"], horizontal=True, key="compare_metric")
+log_y = st.checkbox("log-scale axis", key="compare_log_y")
+by_name = {run.name: run for run in runs}
+st.plotly_chart(curves_overlay_figure({name: by_name[name].run.epochs() for name in chosen}, metric, log_y),
+                key="compare_curves")
+
+st.subheader("The keras.io table, beside ours")
+st.dataframe([
+    {"configuration": PUBLISHED[name].description, "published top-1 (%)": PUBLISHED[name].top1,
+     "published GFLOPs": PUBLISHED[name].gflops, "MACs (M)": round(count(config).macs / 1e6, 2),
+     "our runs of it": ", ".join(run.name for run in runs if run.config == config) or "-",
+     "their test top-1 (%)": ", ".join(f"{100 * run.summary['test_top1']:.1f}" for run in runs
+                                      if run.config == config and run.summary and run.summary.get("test_top1"))}
+    for name, config in PRESETS.items()
+], hide_index=True)
+
+if Limits.current().allow_delete:
+    with st.expander("Delete a run"):
+        deletable = [run for run in runs if run.run.path.resolve().parent == runs_root().resolve()
+                     and run.state != "running"]
+        victim = st.selectbox("run", deletable, format_func=lambda run: run.name, key="compare_delete")
+        confirmed = st.checkbox("yes, delete it and its files for good", key="compare_delete_confirm")
+        if st.button("Delete", disabled=victim is None or not confirmed, key="compare_delete_button"):
+            try:
+                delete_run(victim)
+            except ValueError as error:
+                st.error(str(error))
+            else:
+                st.session_state.pop("compare_delete_confirm", None)
+                st.rerun()

@@ -1,0 +1,86 @@
+"""Runs side by side: a table, the accuracy/cost Pareto front, CSV exports, deletion."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from pathlib import Path
+
+from tokenlearner.flops import count
+from tokenlearner.runs import RunInfo, runs_root
+
+
+def runs_table(runs: list[RunInfo]) -> list[dict]:
+    """One row per run: its knobs, status, test and best validation accuracy, and cost."""
+    rows = []
+    for run in runs:
+        summary, config = run.summary or {}, run.config
+        cost = count(config)
+        recipe = run.run.record().get("train", {})
+        rows.append({
+            "run": run.name,
+            "state": run.state,
+            "TokenLearner": config.tokenlearner,
+            "tokens": config.num_tokens if config.tokenlearner != "none" else None,
+            "placement": config.placement if config.tokenlearner != "none" else None,
+            "fuser": config.fuser,
+            "depth": config.depth,
+            "epochs": recipe.get("epochs"),
+            "seed": recipe.get("seed"),
+            "test_top1": _percent(summary.get("test_top1")),
+            "test_top5": _percent(summary.get("test_top5")),
+            "best_val_top1": _percent(summary.get("best_val_top1")),
+            "params": cost.params,
+            "macs_m": round(cost.macs / 1e6, 2),
+            "keras_io_gflops": round(cost.keras_io_gflops, 5),
+            "train_minutes": round(summary["train_seconds"] / 60, 1) if summary.get("train_seconds") else None,
+        })
+    return rows
+
+
+def _percent(value):
+    return round(100 * value, 2) if value is not None else None
+
+
+def pareto_front(rows: list[dict], accuracy: str = "test_top1", cost: str = "macs_m") -> list[str]:
+    """Names of the runs no other run beats on both accuracy (higher) and cost (lower)."""
+    scored = [row for row in rows if row.get(accuracy) is not None]
+    front = []
+    for row in scored:
+        dominated = any(
+            other[accuracy] >= row[accuracy] and other[cost] <= row[cost]
+            and (other[accuracy] > row[accuracy] or other[cost] < row[cost])
+            for other in scored
+        )
+        if not dominated:
+            front.append(row["run"])
+    return front
+
+
+def to_csv(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def epochs_csv(runs: list[RunInfo]) -> str:
+    """Every epoch of every run, one row each, for spreadsheets and plotting tools."""
+    return to_csv([{"run": run.name, **epoch} for run in runs for epoch in run.run.epochs()])
+
+
+def delete_run(run: RunInfo) -> None:
+    """Remove a run directory from the runs folder; shipped checkpoints and running jobs are refused."""
+    path = run.run.path.resolve()
+    if path.parent != runs_root().resolve():
+        raise ValueError(f"{run.name} is not in the runs folder: only trained runs can be deleted")
+    if run.run.status().get("state") == "running":
+        raise ValueError(f"{run.name} is still training: stop it first")
+    shutil.rmtree(path)
+    log = path.parent / f".{path.name}.log"
+    if log.exists():
+        Path(log).unlink()
