@@ -82,7 +82,7 @@ if images is not None:
         bars.plotly_chart(top5_figure(probabilities[index], class_names), key=f"attention_top5_{index}")
         rows = [overlay_grid(images[index], layer[index], config.covered_region(), opacity=opacity,
                              colormap=colormap) for layer in shown.values()]
-        for (name, layer), row in zip(shown.items(), rows, strict=True):
+        for name, row in zip(shown, rows, strict=True):
             pictures.image(row, caption=f"{name}: the image, then each token's map", width="stretch")
         if shown:
             first = next(iter(maps.values()))

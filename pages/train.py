@@ -25,7 +25,8 @@ def live_job():
     st.subheader(f"{run.path.name}: {state}")
     progress = run.progress()
     if state == "running" and progress:
-        done = ((progress["epoch"] - 1) * progress["steps"] + progress["step"]) / (progress["epochs"] * progress["steps"])
+        steps_done = (progress["epoch"] - 1) * progress["steps"] + progress["step"]
+        done = steps_done / (progress["epochs"] * progress["steps"])
         st.progress(min(done, 1.0), text=f"epoch {progress['epoch']}/{progress['epochs']}, step {progress['step']}/"
                     f"{progress['steps']}, {progress['images_per_s']:.0f} images/s, ETA {progress['eta_s']:.0f} s")
         if st.button("Stop", key="train_stop"):

@@ -15,7 +15,8 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
-PAGES = {"": "TokenLearner Explorer", "train": "Train", "attention": "Attention", "compare": "Compare", "flops": "FLOPs"}
+PAGES = {"": "TokenLearner Explorer", "train": "Train", "attention": "Attention", "compare": "Compare",
+         "flops": "FLOPs"}
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,8 @@ def last_job(root: str | os.PathLike) -> RunDirectory | None:
         return None
 
 
-def start_job(model: ModelConfig, train: TrainConfig, root: str | os.PathLike, name: str, data_dir: str) -> RunDirectory:
+def start_job(model: ModelConfig, train: TrainConfig, root: str | os.PathLike, name: str,
+              data_dir: str) -> RunDirectory:
     """Start `python -m tokenlearner train` for the configs in `root/name`; `JobError` if a
     job is running or the name is taken."""
     root = Path(root)
