@@ -351,6 +351,22 @@ def run_experiment(args: argparse.Namespace) -> None:
     print(f"wrote {csv_path} and {markdown_path}")
 
 
+def run_bench_app(args: argparse.Namespace) -> None:
+    import_keras_quietly()
+    from tokenlearner.app_benchmark import measure, overlay_ms
+
+    runs = [Path(path).resolve() for path in args.runs]
+    if len({run.parent for run in runs}) != 1:
+        raise UsageError("--runs must name run directories in one folder (the app's runs folder)")
+    data = _load_data(args.data_dir)
+    print(f"token maps of 8 images, model loaded: {overlay_ms(runs, data.test_images[:8]):.0f} ms "
+          "(forward pass and drawing every map)")
+    result = measure(args.chromium, runs, str(data.directory))
+    print(f"streamlit run -> home page usable: {result['home_usable_s']:.1f} s")
+    print(f"server memory: {result['server_mb_idle']:.0f} MB at start, "
+          f"{result['server_mb_two_models']:.0f} MB with {len(runs[:2])} models loaded")
+
+
 # entry point -----------------------------------------------------------------------------
 
 
@@ -403,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--out", required=True, help="folder for the runs and the results table")
     experiment.add_argument("--data-dir", help="a cifar-10-batches-py folder")
     experiment.set_defaults(handler=run_experiment)
+
+    bench_app = commands.add_parser("bench-app", help="app start-up time, overlay time and memory (needs Chromium)")
+    bench_app.add_argument("--runs", nargs=2, required=True, help="two run directories in one folder")
+    bench_app.add_argument("--data-dir", help="a cifar-10-batches-py folder")
+    bench_app.add_argument("--chromium", default="/usr/bin/chromium")
+    bench_app.set_defaults(handler=run_bench_app)
 
     bench = commands.add_parser("bench", help="training images/s and inference ms/image, after warm-up")
     bench.add_argument("--batch-size", type=int, default=256)
