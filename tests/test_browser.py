@@ -3,14 +3,11 @@ by Playwright in Debian's Chromium. Screenshots of every page land in test-artif
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 from conftest import REPO
+
+from tokenlearner.app_server import app_server
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -34,31 +31,10 @@ def server(tmp_path_factory):
     run = RunDirectory(work / "runs" / "untrained").create({"model": config.to_dict()})
     run.save_model(build_model(config))
     run.set_status("finished")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = {**os.environ, "TOKENLEARNER_RUNS_DIR": str(work / "runs")}
     env.setdefault("TOKENLEARNER_DATA_DIR", str(make_cifar_folder(work / "cifar-10-batches-py")))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        if time.time() > deadline or process.poll() is not None:
-            process.kill()
-            pytest.fail(f"streamlit did not come up: {process.stdout.read().decode()[-2000:]}")
-        time.sleep(0.5)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    with app_server(env) as (url, _):
+        yield url
 
 
 @pytest.fixture(scope="module")

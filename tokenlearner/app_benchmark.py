@@ -6,14 +6,8 @@ and Chromium; prints numbers, asserts nothing."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
-
-REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def _resident_mb(pid: int) -> float:
@@ -59,37 +53,22 @@ def overlay_ms(run_dirs: list[Path], images, repeats: int = 5) -> float:
 def measure(chromium: str, run_dirs: list[Path], data_dir: str) -> dict:
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tokenlearner.app_server import app_server
+
     env = {**os.environ, "TOKENLEARNER_RUNS_DIR": str(run_dirs[0].parent), "TOKENLEARNER_DATA_DIR": data_dir}
     started = time.time()
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                               "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-                              cwd=REPOSITORY, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.2)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page()
-            page.goto(url)
-            page.get_by_role("heading", name="TokenLearner Explorer").wait_for(timeout=120_000)
-            home_s = time.time() - started
-            idle_mb = _resident_mb(server.pid)
-            for run_dir in run_dirs[:2]:
-                page.goto(f"{url}/attention")
-                page.locator('[data-testid="stSelectbox"]').first.click()
-                page.get_by_role("option").filter(has_text=f"{run_dir.parent.name}/{run_dir.name} (").click()
-                page.locator('[data-testid="stImage"]').first.wait_for(timeout=120_000)
-                page.wait_for_timeout(2000)
-            browser.close()
+    with app_server(env, timeout=120) as (url, server), sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(url)
+        page.get_by_role("heading", name="TokenLearner Explorer").wait_for(timeout=120_000)
+        home_s = time.time() - started
+        idle_mb = _resident_mb(server.pid)
+        for run_dir in run_dirs[:2]:
+            page.goto(f"{url}/attention")
+            page.locator('[data-testid="stSelectbox"]').first.click()
+            page.get_by_role("option").filter(has_text=f"{run_dir.parent.name}/{run_dir.name} (").click()
+            page.locator('[data-testid="stImage"]').first.wait_for(timeout=120_000)
+            page.wait_for_timeout(2000)
+        browser.close()
         return {"home_usable_s": home_s, "server_mb_idle": idle_mb, "server_mb_two_models": _resident_mb(server.pid)}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
