@@ -270,3 +270,18 @@ def test_pareto_front_and_exports(two_runs):
     assert sorted(pareto_front(rows)) == ["runs/baseline", "runs/bigger-better"]
     lines = epochs_csv(runs).splitlines()
     assert lines[0].startswith("run,epoch,loss") and len(lines) == 3
+
+
+def test_without_data_the_pages_say_where_they_looked(tmp_path, monkeypatch):
+    monkeypatch.delenv("TOKENLEARNER_DATA_DIR", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "runs"))
+    test = app().run()
+    test.switch_page("pages/train.py").run()
+    assert not test.exception, test.exception
+    assert "no CIFAR-10 found" in test.warning[0].value and str(tmp_path / "keras") in test.warning[0].value
+    assert test.button(key="train_data_download").label.startswith("Download CIFAR-10")
+    assert test.button(key="train_start").disabled
+    test.text_input(key="train_data_dir_input").set_value(str(tmp_path / "nowhere")).run()
+    test.button(key="train_data_dir_use").click().run()
+    assert "looked in the given path" in test.warning[0].value

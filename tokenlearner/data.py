@@ -29,6 +29,7 @@ CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 DOWNLOAD_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
 DOWNLOAD_NAME = "cifar-10-batches-py-target"
+DOWNLOAD_BYTES = 170_498_071
 
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
@@ -136,6 +137,11 @@ def keras_cache_dirs() -> list[Path]:
     """Where Keras' own download of CIFAR-10 lands (current and older Keras layouts)."""
     datasets = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
     return [datasets / DOWNLOAD_NAME / FOLDER, datasets / FOLDER]
+
+
+def download_archive() -> Path:
+    """Where Keras' file utility writes the archive while it downloads (for a progress bar)."""
+    return keras_cache_dirs()[0].parent.parent / f"{DOWNLOAD_NAME}_archive"
 
 
 def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:

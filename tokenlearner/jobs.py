@@ -87,3 +87,12 @@ def job_log(run: RunDirectory) -> str:
     """The last lines the job printed (its errors, when it failed before writing a status)."""
     path = run.path.parent / f".{run.path.name}.log"
     return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+def start_download(root: str | os.PathLike) -> subprocess.Popen:
+    """`python -m tokenlearner download` in its own process, its output in root/.download.log."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".download.log", "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "tokenlearner", "download"], cwd=REPOSITORY, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -159,7 +159,39 @@ def data_directory(key: str) -> str | None:
         if typed and st.button("Use this folder", key=f"{key}_data_dir_use"):
             st.session_state["data_dir"] = typed
             st.rerun()
+        _download_controls(key)
         return None
+
+
+def _download_controls(key: str) -> None:
+    """A button that downloads CIFAR-10 through the engine (in its own process), and its progress."""
+    from tokenlearner.jobs import start_download
+    from tokenlearner.runs import runs_root
+
+    if "data_download_pid" not in st.session_state:
+        if st.button("Download CIFAR-10 (170 MB) into the Keras cache", key=f"{key}_data_download"):
+            st.session_state["data_download_pid"] = start_download(runs_root()).pid
+            st.rerun()
+        return
+    _download_progress()
+
+
+@st.fragment(run_every=1.0)
+def _download_progress() -> None:
+    from tokenlearner.data import DOWNLOAD_BYTES, download_archive
+    from tokenlearner.runs import _process_alive, runs_root
+
+    if _process_alive(st.session_state["data_download_pid"]):
+        archive = download_archive()
+        done = archive.stat().st_size / DOWNLOAD_BYTES if archive.exists() else 0.0
+        st.progress(min(done, 1.0), text=f"downloading CIFAR-10: {100 * done:.0f}% (then unpacking)")
+        return
+    del st.session_state["data_download_pid"]
+    log = runs_root() / ".download.log"
+    output = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    if output and output[-1].startswith("CIFAR-10 is in"):
+        st.rerun()
+    st.error(output[-1] if output else "the download ended without saying why")
 
 
 @st.cache_data(max_entries=8)
