@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.files import read_json, write_json
-from tokenlearner.runs import RunDirectory, _process_alive
+from tokenlearner.runs import RunDirectory, process_alive
 
 LOCK = ".training-job.json"
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def active_job(root: str | os.PathLike) -> RunDirectory | None:
     except ValueError:
         return None
     run = RunDirectory(lock["run"])
-    if not _process_alive(lock.get("pid")) or run.status().get("state") in ("finished", "stopped", "failed"):
+    if not process_alive(lock.get("pid")) or run.status().get("state") in ("finished", "stopped", "failed"):
         return None
     return run
 

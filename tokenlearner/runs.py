@@ -136,7 +136,7 @@ class RunDirectory:
     def status(self) -> dict[str, Any]:
         """The run's status; a run whose process died without saying so reads as failed."""
         status = self._read_optional(self.status_file) or {"state": "unknown"}
-        if status.get("state") == "running" and not _process_alive(status.get("pid")):
+        if status.get("state") == "running" and not process_alive(status.get("pid")):
             status = {**status, "state": "failed", "error": "the training process ended without finishing"}
         return status
 
@@ -184,7 +184,8 @@ class RunDirectory:
             return None
 
 
-def _process_alive(pid: Any) -> bool:
+def process_alive(pid: Any) -> bool:
+    """Whether process `pid` runs on this machine (a finished child of ours is reaped)."""
     if not isinstance(pid, int):
         return False
     try:  # a child of this process (a job the app started) stays a zombie until it is reaped

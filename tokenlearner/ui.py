@@ -179,9 +179,9 @@ def _download_controls(key: str) -> None:
 @st.fragment(run_every=1.0)
 def _download_progress() -> None:
     from tokenlearner.data import DOWNLOAD_BYTES, download_archive
-    from tokenlearner.runs import _process_alive, runs_root
+    from tokenlearner.runs import process_alive, runs_root
 
-    if _process_alive(st.session_state["data_download_pid"]):
+    if process_alive(st.session_state["data_download_pid"]):
         archive = download_archive()
         done = archive.stat().st_size / DOWNLOAD_BYTES if archive.exists() else 0.0
         st.progress(min(done, 1.0), text=f"downloading CIFAR-10: {100 * done:.0f}% (then unpacking)")
