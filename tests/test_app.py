@@ -285,3 +285,24 @@ def test_without_data_the_pages_say_where_they_looked(tmp_path, monkeypatch):
     test.text_input(key="train_data_dir_input").set_value(str(tmp_path / "nowhere")).run()
     test.button(key="train_data_dir_use").click().run()
     assert "looked in the given path" in test.warning[0].value
+
+
+@pytest.mark.parametrize("page", ["pages/home.py", "pages/train.py", "pages/compare.py", "pages/flops.py"])
+def test_pages_that_need_no_model_do_not_load_tensorflow(page, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"test = AppTest.from_file({str(REPO / 'app.py')!r}, default_timeout=60).run()\n"
+        f"test.switch_page({page!r}).run()\n"
+        "assert not test.exception, test.exception\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    env = {"TOKENLEARNER_RUNS_DIR": str(tmp_path / "runs"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False False"
