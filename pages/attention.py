@@ -1,4 +1,5 @@
 import io
+import time
 
 import streamlit as st
 
@@ -98,16 +99,26 @@ epochs = choice.run.map_epochs()
 if len(epochs) > 1:
     st.subheader("How the maps formed during training")
     epoch = st.select_slider("after epoch", epochs, value=epochs[-1], key="attention_epoch")
-    _, epoch_maps = choice.run.maps(epoch)
+    play = st.button("Play from epoch 0", key="attention_play")
     indices = choice.run.map_images()["train_batch_indices"]
     directory = data_directory("attention_epochs")
-    if directory is not None and epoch_maps:
-        originals = training_images(directory, tuple(indices))
-        if originals is None:
-            st.warning("This run was trained on a larger CIFAR-10 folder than the one found now.")
-        else:
+    originals = training_images(directory, tuple(indices)) if directory is not None else None
+    if directory is not None and originals is None:
+        st.warning("This run was trained on a larger CIFAR-10 folder than the one found now.")
+    if originals is not None:
+        frame = st.empty()
+
+        def draw(shown_epoch: int) -> None:
+            _, epoch_maps = choice.run.maps(shown_epoch)
+            if not epoch_maps:
+                return
             first = next(iter(epoch_maps.values()))
-            for position, image_index in enumerate(indices[:4]):
-                st.image(overlay_grid(originals[position], first[position], config.covered_region(),
-                                      opacity=opacity, colormap=colormap),
-                         caption=f"validation image {image_index}, epoch {epoch}", width="stretch")
+            rows = [overlay_grid(originals[position], first[position], config.covered_region(), opacity=opacity,
+                                 colormap=colormap) for position in range(min(4, len(indices)))]
+            frame.image(stack_rows(rows), caption=f"fixed validation images {indices[:4]}, after epoch {shown_epoch}",
+                        width="stretch")
+
+        for shown_epoch in (epochs if play else [epoch]):
+            draw(shown_epoch)
+            if play:
+                time.sleep(0.4)

@@ -129,8 +129,8 @@ def test_attention_page_overlays_test_images(explorer):
 
 
 def test_attention_page_takes_an_upload_and_refuses_a_bomb(explorer):
-    from test_images import INPUTS, encode
     from PIL import Image
+    from test_images import INPUTS, encode
 
     test = attention_page()
     test.radio(key="attention_source").set_value("my own image").run()
@@ -306,3 +306,27 @@ def test_pages_that_need_no_model_do_not_load_tensorflow(page, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_attention_page_replays_how_the_maps_formed(explorer):
+    import os
+
+    import numpy as np
+
+    from tokenlearner.data import load_cifar10, split
+    from tokenlearner.model import predict_with_maps
+    from tokenlearner.runs import RunDirectory
+
+    model, _ = RunDirectory(explorer.path).load_model()
+    parts = split(load_cifar10(os.environ["TOKENLEARNER_DATA_DIR"]))
+    explorer.write_map_images(parts.val_index[:8].tolist(), parts.val_labels[:8].tolist())
+    for epoch in (0, 1, 2):
+        explorer.write_maps(epoch, *predict_with_maps(model, parts.val_images[:8] + np.uint8(epoch)))
+    test = attention_page()
+    assert not test.exception, test.exception
+    assert test.select_slider(key="attention_epoch").value == 2
+    before = len(test.get("image"))
+    test.select_slider(key="attention_epoch").set_value(0).run()
+    test.button(key="attention_play").click().run()
+    assert not test.exception, test.exception
+    assert len(test.get("image")) == before
