@@ -101,7 +101,8 @@ if len(epochs) > 1:
     epoch = st.select_slider("after epoch", epochs, value=epochs[-1], key="attention_epoch")
     play = st.button("Play from epoch 0", key="attention_play")
     indices = choice.run.map_images()["train_batch_indices"]
-    directory = data_directory("attention_epochs")
+    if source == "my own image":  # the test-image branch above has looked for the data already
+        directory = data_directory("attention_epochs")
     originals = training_images(directory, tuple(indices)) if directory is not None else None
     if directory is not None and originals is None:
         st.warning("This run was trained on a larger CIFAR-10 folder than the one found now.")

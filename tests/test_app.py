@@ -330,3 +330,13 @@ def test_attention_page_replays_how_the_maps_formed(explorer):
     test.button(key="attention_play").click().run()
     assert not test.exception, test.exception
     assert len(test.get("image")) == before
+
+
+def test_a_link_beyond_the_sliders_is_clamped_to_them():
+    test = app()
+    test.query_params.update({"depth": "20", "tokens": "40", "placement": "18"})  # a valid config, wider than the app
+    test.run()
+    test.switch_page("pages/flops.py").run()
+    assert not test.exception, test.exception
+    assert (test.slider(key="flops_0_depth").value, test.slider(key="flops_0_tokens").value) == (12, 16)
+    assert test.slider(key="flops_0_placement").value == 12

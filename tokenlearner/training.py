@@ -191,7 +191,7 @@ def _train(model_config, train_config, data, parts, run, stop, report, started) 
     for epoch in range(1, train_config.epochs + 1):
         epoch_start, last_report = time.time(), time.time()
         order = shuffle.permutation(len(parts.train_labels))
-        totals = np.zeros(3)
+        totals, seen = np.zeros(3), 0
         for step in range(steps_per_epoch):
             if stop:
                 stopped = True
@@ -200,6 +200,7 @@ def _train(model_config, train_config, data, parts, run, stop, report, started) 
             step_start = time.time()
             loss, top1, top5 = steps.train_step(parts.train_images[index], parts.train_labels[index])
             totals += (float(loss), int(top1), int(top5))
+            seen += len(index)
             now = time.time()
             if first_step_s is None:
                 first_step_s = now - started
@@ -214,11 +215,10 @@ def _train(model_config, train_config, data, parts, run, stop, report, started) 
                 run.write_progress(epoch=epoch, epochs=train_config.epochs, step=step + 1,
                                    steps=steps_per_epoch, images_per_s=rate, eta_s=eta)
                 report(f"epoch {epoch}/{train_config.epochs}  step {step + 1}/{steps_per_epoch}  "
-                       f"loss {totals[0] / max(1, (step + 1) * train_config.batch_size):.4f}  "
+                       f"loss {totals[0] / seen:.4f}  "
                        + (f"{rate:.0f} images/s  ETA {_duration(eta)}" if rate else "compiling the step"), True)
-        if stopped and not totals.any():
+        if seen == 0:  # stopped before this epoch's first step
             break
-        seen = min(len(order), (step + 1) * train_config.batch_size) if stopped else len(order)
         validation = steps.evaluate(parts.val_images, parts.val_labels)
         loss, top1, top5 = (float(value) for value in totals / seen)
         record = {"epoch": epoch, "loss": loss, "top1": top1, "top5": top5,

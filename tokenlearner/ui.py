@@ -11,6 +11,7 @@ import streamlit as st
 from tokenlearner.config import ModelConfig
 from tokenlearner.presets import PRESETS
 
+
 @dataclass(frozen=True)
 class Limits:
     """What the app allows. A public demo (TOKENLEARNER_DEMO=1) caps a job's size and hides
@@ -90,7 +91,7 @@ def model_controls(key: str, base: ModelConfig, linked: bool = False) -> ModelCo
 
 
 def _model_controls(key: str, base: ModelConfig) -> ModelConfig:
-    depth = st.slider("depth (blocks)", 1, MAX_APP_DEPTH, base.depth, key=f"{key}_depth")
+    depth = st.slider("depth (blocks)", 1, MAX_APP_DEPTH, min(base.depth, MAX_APP_DEPTH), key=f"{key}_depth")
     version = st.selectbox("TokenLearner", list(TOKENLEARNER_LABELS), format_func=TOKENLEARNER_LABELS.get,
                            index=list(TOKENLEARNER_LABELS).index(base.tokenlearner), key=f"{key}_tokenlearner")
     if version == "none":
