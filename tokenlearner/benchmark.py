@@ -29,7 +29,7 @@ def benchmark(config: ModelConfig, batch_size: int = 256, steps: int = 6, starte
     started = time.time() if started is None else started
     keras.utils.set_random_seed(0)
     model = build_model(config)
-    training = Steps(model, make_optimizer(TrainConfig(batch_size=batch_size), 1), 0.0, config.num_classes)
+    training = Steps(model, make_optimizer(TrainConfig(batch_size=batch_size), 1), config.num_classes)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch_size, config.input_size, config.input_size, 3), dtype=np.uint8)
     labels = rng.integers(0, config.num_classes, batch_size, dtype=np.int32)

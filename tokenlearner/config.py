@@ -228,6 +228,12 @@ class TrainConfig:
     schedule: str = _knob("constant", "learning-rate schedule after warm-up: constant (keras.io) or cosine decay to 0")
     warmup_epochs: int = _knob(0, "epochs of linear warm-up from 0 to learning_rate, fewer than epochs")
     label_smoothing: float = _knob(0.0, "label smoothing of the cross-entropy, in [0, 1)")
+    random_shift: int = _knob(0, "move each image by its own random offset of up to this many pixels "
+                                 "(reflect padding) before the model's own augmentation; 0: off (keras.io)")
+    mixup_alpha: float = _knob(0.0, "mixup: blend each batch with itself reversed, weight ~ Beta(alpha, alpha); "
+                                    "0: off (keras.io)")
+    cutmix_alpha: float = _knob(0.0, "CutMix: paste a box of the reversed batch, area ~ Beta(alpha, alpha); "
+                                     "with mixup too, each batch takes one of them; 0: off (keras.io)")
     seed: int = _knob(0, "seed of the split, the shuffling, the initial weights, augmentation and dropout")
     validation_fraction: float = _knob(0.2, "share of the training batches held out for validation (keras.io: 0.2)")
     limit: int = _knob(0, "train on only this many images (0: all), for quick runs")
@@ -244,6 +250,10 @@ class TrainConfig:
         _one_of("schedule", self.schedule, SCHEDULES)
         _in_range("warmup_epochs", self.warmup_epochs, 0, self.epochs - 1, "fewer than epochs")
         _fraction("label_smoothing", self.label_smoothing)
+        _in_range("random_shift", self.random_shift, 0, 16)
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if not 0.0 <= getattr(self, name) <= 10.0:
+                raise ValueError(f"{name}={getattr(self, name)} is out of range: must be in [0, 10] (0 turns it off)")
         _in_range("seed", self.seed, 0, 2**31 - 1)
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction={self.validation_fraction} is out of range: must be in (0, 1)")

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from tokenlearner.augment import BatchAugmentation
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import Cifar10, split
 from tokenlearner.flops import count
@@ -57,12 +58,12 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
 @dataclass
 class Steps:
     """The compiled train and evaluation steps of one model (`optimizer` may be None when
-    only `evaluate` is used)."""
+    only `evaluate` is used). `recipe` brings label smoothing and the batch augmentations."""
 
     model: object
     optimizer: object | None
-    label_smoothing: float
     num_classes: int
+    recipe: TrainConfig = field(default_factory=TrainConfig)
     train_step: Callable = field(init=False)
     eval_step: Callable = field(init=False)
 
@@ -71,12 +72,16 @@ class Steps:
         import tensorflow as tf
 
         model, optimizer = self.model, self.optimizer
-        loss_function = keras.losses.CategoricalCrossentropy(label_smoothing=self.label_smoothing, reduction=None)
+        augment = BatchAugmentation(self.recipe) if BatchAugmentation.wanted(self.recipe) else None
+        loss_function = keras.losses.CategoricalCrossentropy(label_smoothing=self.recipe.label_smoothing,
+                                                             reduction=None)
         images_spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8)
         labels_spec = tf.TensorSpec((None,), tf.int32)
 
-        def outcomes(labels, probabilities):
-            losses = loss_function(tf.one_hot(labels, self.num_classes), probabilities)
+        def outcomes(labels, probabilities, targets=None):
+            targets = tf.one_hot(labels, self.num_classes) if targets is None else targets
+            losses = loss_function(targets, probabilities)
+            # Accuracy counts against the unmixed labels.
             top1 = tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), labels)
             top5 = tf.math.in_top_k(labels, probabilities, k=min(5, self.num_classes))
             return losses, tf.reduce_sum(tf.cast(top1, tf.int32)), tf.reduce_sum(tf.cast(top5, tf.int32))
@@ -84,9 +89,12 @@ class Steps:
         # One signature with an open batch size: the last, smaller batch does not retrace.
         @tf.function(input_signature=[images_spec, labels_spec])
         def train_step(images, labels):
+            images, targets = tf.cast(images, tf.float32), tf.one_hot(labels, self.num_classes)
+            if augment is not None:
+                images, targets = augment(images, targets)
             with tf.GradientTape() as tape:
-                probabilities = model(tf.cast(images, tf.float32), training=True)
-                losses, top1, top5 = outcomes(labels, probabilities)
+                probabilities = model(images, training=True)
+                losses, top1, top5 = outcomes(labels, probabilities, targets)
                 loss = tf.reduce_mean(losses)
             gradients = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
@@ -175,7 +183,7 @@ def _train(model_config, train_config, data, parts, run, stop, report, started) 
     model = build_model(model_config)
     steps_per_epoch = math.ceil(len(parts.train_labels) / train_config.batch_size)
     optimizer = make_optimizer(train_config, steps_per_epoch)
-    steps = Steps(model, optimizer, train_config.label_smoothing, model_config.num_classes)
+    steps = Steps(model, optimizer, model_config.num_classes, train_config)
     cost = count(model_config)
 
     map_images = parts.val_images[:MAP_IMAGES]
