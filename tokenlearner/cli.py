@@ -351,6 +351,18 @@ def run_experiment(args: argparse.Namespace) -> None:
     print(f"wrote {csv_path} and {markdown_path}")
 
 
+def run_ship(args: argparse.Namespace) -> None:
+    from tokenlearner.card import ship
+    from tokenlearner.runs import RunError
+
+    import_keras_quietly()
+    try:
+        destination = ship(args.run, Path(args.into) / args.name, lambda: _load_data(args.data_dir))
+    except RunError as error:
+        raise UsageError(str(error)) from None
+    print(f"wrote {destination} ({sum(p.stat().st_size for p in destination.rglob('*')) / 2**20:.1f} MB)")
+
+
 def run_bench_app(args: argparse.Namespace) -> None:
     import_keras_quietly()
     from tokenlearner.app_benchmark import measure, overlay_ms
@@ -419,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--out", required=True, help="folder for the runs and the results table")
     experiment.add_argument("--data-dir", help="a cifar-10-batches-py folder")
     experiment.set_defaults(handler=run_experiment)
+
+    shipper = commands.add_parser("ship", help="copy a finished run into checkpoints/ with a model card")
+    shipper.add_argument("run", help="a finished run directory")
+    shipper.add_argument("--name", required=True, help="the checkpoint's folder name")
+    shipper.add_argument("--into", default="checkpoints", help="where checkpoints live (default: checkpoints)")
+    shipper.add_argument("--data-dir", help="a cifar-10-batches-py folder, for the picture of the maps")
+    shipper.set_defaults(handler=run_ship)
 
     bench_app = commands.add_parser("bench-app", help="app start-up time, overlay time and memory (needs Chromium)")
     bench_app.add_argument("--runs", nargs=2, required=True, help="two run directories in one folder")

@@ -1,0 +1,111 @@
+"""The shipped checkpoints (checkpoints/), and `ship`, which makes them from finished runs."""
+
+import subprocess
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from cifar_files import make_cifar_folder
+from conftest import REPO
+from PIL import Image
+
+import tokenlearner  # noqa: F401  (registers the layers, as a user's `import tokenlearner` does)
+from tokenlearner.card import CARD, MAX_BYTES, PICTURE, render_card
+from tokenlearner.data import load_cifar10
+from tokenlearner.experiment import read_grid
+from tokenlearner.model import predict_with_maps
+from tokenlearner.runs import CHECKPOINTS_DIR, RunDirectory
+from tokenlearner.training import Steps
+
+SHIPPED = sorted(path for path in CHECKPOINTS_DIR.iterdir() if path.is_dir()) if CHECKPOINTS_DIR.is_dir() else []
+GRID = {run.name: run for run in read_grid(REPO / "tokenlearner" / "grids" / "checkpoints.json")}
+
+
+def tokenlearner_command(*args):
+    return subprocess.run([sys.executable, "-m", "tokenlearner", *args], capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def test_set(cifar_dir):
+    return load_cifar10(cifar_dir)
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=lambda path: path.name)
+class TestShippedCheckpoint:
+    def test_is_a_grid_entry_trained_as_the_grid_says(self, folder):
+        assert folder.name in GRID, f"{folder.name} is not a config of grids/checkpoints.json"
+        run, expected = RunDirectory(folder), GRID[folder.name]
+        assert run.model_config() == expected.model
+        assert run.record()["train"] == expected.train.to_dict()
+        assert run.status()["state"] == "finished"
+
+    def test_card_agrees_with_its_files(self, folder):
+        assert (folder / CARD).read_text() == render_card(folder)
+
+    def test_is_small_and_holds_no_optimizer_state(self, folder):
+        assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < MAX_BYTES
+        with zipfile.ZipFile(folder / "model.keras") as archive:
+            assert "optimizer" not in archive.read("config.json").decode()
+
+    def test_loads_with_the_project_loader_and_with_plain_keras(self, folder):
+        model, config = RunDirectory(folder).load_model()
+        plain = keras.saving.load_model(folder / "model.keras")
+        images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
+        np.testing.assert_allclose(plain.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+        assert model.count_params() == RunDirectory(folder).summary()["params"]
+
+    def test_reproduces_its_test_accuracy(self, folder, test_set):
+        summary = RunDirectory(folder).summary()
+        if len(test_set.test_labels) != summary["test_images"]:
+            pytest.skip(f"the card's top-1 is on {summary['test_images']} test images; "
+                        f"TOKENLEARNER_DATA_DIR has {len(test_set.test_labels)}")
+        model, config = RunDirectory(folder).load_model()
+        result = Steps(model, None, config.num_classes).evaluate(test_set.test_images, test_set.test_labels)
+        assert abs(result["top1"] - summary["test_top1"]) <= 0.005
+        assert abs(result["top5"] - summary["test_top5"]) <= 0.005
+
+    def test_maps_have_the_configured_shape_and_are_not_constant(self, folder, test_set):
+        model, config = RunDirectory(folder).load_model()
+        _, maps = predict_with_maps(model, test_set.test_images[:8])
+        if config.tokenlearner == "none":
+            assert maps == {} and not (folder / PICTURE).exists()
+            return
+        learned = maps["token_learner"]
+        assert learned.shape == (8, config.num_tokens, config.grid_size, config.grid_size)
+        spread = learned.reshape(8, config.num_tokens, -1).std(axis=-1)
+        assert np.all(spread > 1e-4), "a token's map is constant over the patches"
+        with Image.open(folder / PICTURE) as picture:
+            assert picture.format == "PNG" and picture.width > picture.height / 2
+
+
+@pytest.mark.slow
+def test_ship_copies_a_finished_run_with_its_card_and_refuses_what_it_cannot_ship(tmp_path):
+    data = make_cifar_folder(tmp_path / "cifar-10-batches-py", rows_per_batch=60, test_rows=40)
+    run = tmp_path / "run"
+    trained = tokenlearner_command("train", "--out", str(run), "--data-dir", str(data), "--epochs", "1",
+                                   "--batch-size", "64", "--tokens", "8", "--random-shift", "2",
+                                   "--mixup-alpha", "0.8", "--cutmix-alpha", "1.0", "--label-smoothing", "0.1")
+    assert trained.returncode == 0, trained.stderr
+    shipped = tokenlearner_command("ship", str(run), "--name", "tiny", "--into", str(tmp_path / "zoo"),
+                                   "--data-dir", str(data))
+    assert shipped.returncode == 0, shipped.stderr
+    folder = tmp_path / "zoo" / "tiny"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["README.md", "config.json", "maps", "maps.png", "metrics.json", "metrics.jsonl", "model.keras", "status.json"])
+    card = (folder / CARD).read_text()
+    assert card == render_card(folder) and card.startswith("# tiny\n")
+    assert "| `mixup_alpha` | 0.8 | 0.0 |" in card and "**Trained on 240 CIFAR-10 training images**" in card
+    RunDirectory(folder).load_model()
+
+    again = tokenlearner_command("ship", str(run), "--name", "tiny", "--into", str(tmp_path / "zoo"),
+                                 "--data-dir", str(data))
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    RunDirectory(run).request_stop()
+    (run / "status.json").write_text('{"state": "stopped"}')
+    unfinished = tokenlearner_command("ship", str(run), "--name", "other", "--into", str(tmp_path / "zoo"))
+    assert unfinished.returncode == 2 and "has not finished" in unfinished.stderr
+    not_a_run = tokenlearner_command("ship", str(tmp_path), "--name", "other", "--into", str(tmp_path / "zoo"))
+    assert not_a_run.returncode == 2 and "not a run directory" in not_a_run.stderr
+    assert sorted(p.name for p in (tmp_path / "zoo").iterdir()) == ["tiny"], "a failed ship left a folder behind"

@@ -1,0 +1,191 @@
+"""Shipping a finished run as a checkpoint: the run directory copied into `checkpoints/`,
+with a model card (`README.md`) generated from its files and a picture of its
+learned-token maps.
+
+The card is a pure function of the folder's files (`render_card`), so a test can check
+that a shipped card still agrees with them. The picture shows the maps alone, without
+the images under them: CIFAR-10's pixels are never copied into the repository. The app's
+Attention page draws the same maps over the images of the user's own copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from tokenlearner.config import ModelConfig, TrainConfig
+from tokenlearner.data import Cifar10
+from tokenlearner.overlay import _palette, colorize, normalise
+from tokenlearner.runs import RunDirectory, RunError
+
+CARD = "README.md"
+PICTURE = "maps.png"
+PICTURE_IMAGES = 4
+COPIED = ("config.json", "status.json", "metrics.jsonl", "metrics.json", "model.keras", "maps")
+MAX_BYTES = 8 * 1024 * 1024
+FULL_TRAIN_SET = 50_000
+
+
+def describe(config: ModelConfig) -> str:
+    """One line: what this model is."""
+    blocks = f"{config.depth}-block mini ViT ({config.dim} wide, {config.heads} heads)"
+    if config.tokenlearner == "none":
+        return f"{blocks} without TokenLearner: every block attends over all {config.num_patches} patches"
+    version = {"v1": "v1.0", "v11": f"v1.1 ({config.v11_style.replace('_', ' ')})"}[config.tokenlearner]
+    fuser = " with TokenFuser" if config.fuser else ""
+    return (f"{blocks} with TokenLearner {version}{fuser}: {config.num_tokens} tokens learned from the "
+            f"{config.num_patches} patches after block {config.placement} of {config.depth}")
+
+
+def render_card(directory: str | os.PathLike, name: str | None = None) -> str:
+    """The model card of a checkpoint folder (called `name`, default: the folder's), from
+    its config.json, metrics.json and metrics.jsonl alone."""
+    run = RunDirectory(directory)
+    name = name or run.path.name
+    record, summary, epochs = run.record(), run.summary(), run.epochs()
+    if not summary or summary.get("test_top1") is None:
+        raise RunError(f"{run.path} has no test results in metrics.json: only a finished run can be shipped")
+    model, recipe, data = ModelConfig.from_dict(record["model"]), TrainConfig.from_dict(record["train"]), record["data"]
+    best = next(e for e in epochs if e["epoch"] == summary["best_epoch"])
+    defaults = TrainConfig()
+    recipe_rows = "\n".join(
+        f"| `{name}` | {value} | {getattr(defaults, name)} |" for name, value in recipe.to_dict().items())
+    maps_section = (
+        "This model has no TokenLearner, so it learns no token maps: it is the baseline the\n"
+        "others are measured against."
+        if model.tokenlearner == "none" else
+        f"![maps of {PICTURE_IMAGES} test images]({PICTURE})\n\n"
+        f"Each row is one test image (the first {PICTURE_IMAGES} of different classes that the model gets\n"
+        "right): every token's map over the patch grid (bright: the patches the token pools), then the\n"
+        "patches coloured by the token that weights them most. The images themselves are left out,\n"
+        "because CIFAR-10's images are not redistributed here; the app's Attention page draws these\n"
+        "maps over the images of your own copy.")
+    versions = ", ".join(f"{name} {version}" for name, version in record["versions"].items())
+    return f"""# {name}
+
+{describe(model)}.
+
+**Trained on {data['train_images']:,} CIFAR-10 training images** (with {data['val_images']:,} held out
+for validation), {data['train_images'] / FULL_TRAIN_SET:.1%} of the {FULL_TRAIN_SET:,} the full set has: read its
+accuracy as what this model reaches on that much of CIFAR-10, not as a CIFAR-10 result.
+
+## Results
+
+| | |
+|---|---|
+| test top-1 | **{100 * summary['test_top1']:.2f}%** on {summary['test_images']:,} test images |
+| test top-5 | {100 * summary['test_top5']:.2f}% |
+| best validation top-1 | {100 * summary['best_val_top1']:.2f}% (epoch {summary['best_epoch']} of {summary['epochs_completed']}; its weights are `model.keras`) |
+| train top-1 at that epoch | {100 * best['top1']:.2f}% (against the unmixed labels, with augmentation on) |
+| parameters | {summary['params']:,} |
+| multiply-accumulates per image | {summary['macs'] / 1e6:.2f} M |
+| keras.io-convention GFLOPs | {summary['keras_io_gflops']:.4f} |
+| training time | {summary['train_seconds'] / 60:.1f} min at {summary['train_images_per_s']:.0f} training images/s |
+
+## Learned-token maps
+
+{maps_section}
+
+## Training
+
+The recipe (defaults: the keras.io example's):
+
+| field | this model | keras.io |
+|---|---|---|
+{recipe_rows}
+
+Seed {recipe.seed}. Every epoch's metrics are in `metrics.jsonl`, the maps of 8 fixed
+validation images after each epoch in `maps/`.
+
+## Model config
+
+```json
+{json.dumps(model.to_dict(), indent=2)}
+```
+
+## Versions
+
+{versions}.
+
+Load it with `RunDirectory("checkpoints/{name}").load_model()`, or with
+`keras.saving.load_model` after `import tokenlearner`.
+"""
+
+
+def picture_indices(labels: np.ndarray, predicted: np.ndarray, count: int = PICTURE_IMAGES) -> list[int]:
+    """The first `count` test images of different classes that the model classifies right."""
+    chosen, classes = [], set()
+    for index in np.flatnonzero(predicted == labels):
+        if int(labels[index]) not in classes:
+            chosen.append(int(index))
+            classes.add(int(labels[index]))
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def draw_maps(maps: np.ndarray, captions: list[str], tile: int = 64, gap: int = 4) -> Image.Image:
+    """Rows of token maps, (B, S, h, w), each row under its caption and ending with the
+    dominant-token view; no image pixels."""
+    count, tokens = maps.shape[:2]
+    palette = _palette(tokens)
+    caption_height = 14
+    row_height = caption_height + tile
+    sheet = Image.new("RGB", ((tokens + 1) * (tile + gap) - gap, count * (row_height + gap) - gap), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, (image_maps, caption) in enumerate(zip(maps, captions)):
+        top = row * (row_height + gap)
+        draw.text((0, top), caption, fill=(0, 0, 0))
+        tiles = [Image.fromarray(colorize(normalise(m))).resize((tile, tile), Image.Resampling.BILINEAR)
+                 for m in image_maps]
+        tiles.append(Image.fromarray(palette[np.argmax(image_maps, axis=0)]).resize((tile, tile),
+                                                                                  Image.Resampling.NEAREST))
+        for column, picture in enumerate(tiles):
+            sheet.paste(picture, (column * (tile + gap), top + caption_height))
+    return sheet
+
+
+def ship(run_dir: str | os.PathLike, destination: str | os.PathLike, load_data: Callable[[], Cifar10]) -> Path:
+    """Copy the finished run `run_dir` to the new folder `destination` (without per-step
+    files), draw its maps picture on the test images of `load_data()` and write its card.
+    The folder appears whole or not at all."""
+    from tokenlearner.model import predict_with_maps
+
+    source, destination = RunDirectory(run_dir), Path(destination)
+    source.record()  # a RunError unless this is a run directory
+    if source.status().get("state") != "finished":
+        raise RunError(f"{source.path} has not finished (status: {source.status().get('state')}): ship a finished run")
+    if destination.exists():
+        raise RunError(f"{destination} already exists: remove it first or choose another name")
+    model, config = source.load_model()
+    data = load_data()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        for name in COPIED:
+            path = source.path / name
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, staging / name)
+        if config.tokenlearner != "none":
+            probabilities, all_maps = predict_with_maps(model, data.test_images)
+            predicted = probabilities.argmax(axis=-1)
+            indices = picture_indices(data.test_labels, predicted)
+            first = next(iter(all_maps.values()))
+            captions = [f"test #{i}: {data.class_names[data.test_labels[i]]} "
+                        f"({100 * probabilities[i, predicted[i]]:.0f}%)" for i in indices]
+            draw_maps(first[indices], captions).save(staging / PICTURE)
+        (staging / CARD).write_text(render_card(staging, destination.name))
+        size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+        if size > MAX_BYTES:
+            raise RunError(f"{source.path} makes a {size / 2**20:.1f} MB checkpoint, over the 8 MB limit")
+        staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return destination
