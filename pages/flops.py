@@ -10,7 +10,7 @@ compared = st.radio("configurations to compare", [1, 2, 3], horizontal=True, key
 configs = {}
 for index, column in enumerate(st.columns(compared)):
     with column:
-        config = model_controls(f"flops_{index}", preset_picker(f"flops_{index}"), linked=index == 0)
+        config = model_controls(f"flops_{index}", preset_picker(f"flops_{index}").model, linked=index == 0)
         report = count(config)
         st.metric("MACs", f"{report.macs / 1e6:.2f} M")
         st.metric("keras.io-convention GFLOPs", f"{report.keras_io_gflops:.5f}")

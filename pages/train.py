@@ -3,9 +3,9 @@ import time
 import streamlit as st
 
 from tokenlearner.charts import training_curves_figure
-from tokenlearner.config import TrainConfig
 from tokenlearner.flops import count
-from tokenlearner.jobs import JobError, active_job, job_log, last_job, start_job
+from tokenlearner.jobs import (JobError, active_job, job_log, last_job, recipe_beyond_controls, recipe_from_controls,
+                               start_job)
 from tokenlearner.overlay import overlay_grid
 from tokenlearner.runs import runs_root
 from tokenlearner.ui import Limits, data_directory, model_controls, preset_picker, training_images
@@ -66,30 +66,35 @@ running = active_job(root)
 with st.expander("New training run", expanded=running is None):
     model_column, recipe_column = st.columns(2)
     with model_column:
-        model = model_controls("train", preset_picker("train"), linked=True)
+        preset = preset_picker("train")
+        model = model_controls("train", preset.model, linked=True)
         cost = count(model)
         st.caption(f"{cost.params:,} parameters, {cost.macs / 1e6:.2f} M MACs, "
                    f"{cost.keras_io_gflops:.5f} keras.io GFLOPs per image")
     with recipe_column:
-        limits = Limits.current()
-        epochs = st.slider("epochs", 1, limits.max_epochs, min(20, limits.max_epochs), key="train_epochs")
-        batch_size = st.select_slider("batch size", [32, 64, 128, 256, 512], 256, key="train_batch")
-        learning_rate = st.select_slider("learning rate", [1e-4, 3e-4, 1e-3, 3e-3], 1e-3, key="train_lr")
-        seed = st.number_input("seed", 0, 1_000_000, 0, key="train_seed")
+        limits, base = Limits.current(), preset.recipe
+        epochs = st.slider("epochs", 1, limits.max_epochs, min(base.epochs, limits.max_epochs), key="train_epochs")
+        batch_size = st.select_slider("batch size", [32, 64, 128, 256, 512], base.batch_size, key="train_batch")
+        learning_rate = st.select_slider("learning rate", [1e-4, 3e-4, 1e-3, 3e-3], base.learning_rate,
+                                         key="train_lr")
+        seed = st.number_input("seed", 0, 1_000_000, base.seed, key="train_seed")
         if limits.max_images:
             limit = st.number_input("training images", 100, limits.max_images, limits.max_images, step=100,
                                     key="train_limit")
             st.caption(f"This public demo trains at most {limits.max_epochs} epochs on {limits.max_images:,} images.")
         else:
-            limit = st.number_input("training images (0: all)", 0, 50_000, 0, step=100, key="train_limit")
+            limit = st.number_input("training images (0: all)", 0, 50_000, base.limit, step=100, key="train_limit")
+        recipe = recipe_from_controls(base, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                      seed=int(seed), limit=int(limit))
+        carried = recipe_beyond_controls(recipe)
+        if carried:
+            st.caption("From the preset, too: " + ", ".join(f"{name} {value}" for name, value in carried.items()))
         st.session_state.setdefault("train_name", time.strftime("run-%Y%m%d-%H%M%S"))
         name = st.text_input("run name", key="train_name")
     if st.button("Start training", type="primary", disabled=data_dir is None, key="train_start"):
         try:
-            recipe = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=int(seed),
-                                 limit=int(limit))
             start_job(model, recipe, root, name.strip(), data_dir)
-        except (JobError, ValueError) as error:
+        except JobError as error:
             st.error(str(error))
         else:
             st.rerun()

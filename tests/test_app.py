@@ -340,3 +340,34 @@ def test_a_link_beyond_the_sliders_is_clamped_to_them():
     assert not test.exception, test.exception
     assert (test.slider(key="flops_0_depth").value, test.slider(key="flops_0_tokens").value) == (12, 16)
     assert test.slider(key="flops_0_placement").value == 12
+
+
+def test_a_shipped_checkpoint_is_a_preset_of_model_and_recipe(tmp_path, monkeypatch):
+    from tokenlearner.config import TrainConfig
+    from tokenlearner.runs import RunDirectory
+
+    recipe = TrainConfig(epochs=120, schedule="cosine", warmup_epochs=5, weight_decay=0.05, mixup_alpha=0.8, seed=3)
+    RunDirectory(tmp_path / "checkpoints" / "v1-8-tokens").create(
+        {"model": ModelConfig(num_tokens=8).to_dict(), "train": recipe.to_dict(), "data": {}})
+    monkeypatch.setattr("tokenlearner.ui.CHECKPOINTS_DIR", tmp_path / "checkpoints")
+    test = app().run()
+    test.switch_page("pages/train.py").run()
+    test.selectbox(key="train_preset").set_value("checkpoint v1-8-tokens").run()
+    assert not test.exception, test.exception
+    assert test.slider(key="train_tokens").value == 8
+    assert test.slider(key="train_epochs").value == 120 and test.number_input(key="train_seed").value == 3
+    assert any("From the preset, too: weight_decay 0.05, schedule cosine, warmup_epochs 5, mixup_alpha 0.8"
+               in caption.value for caption in test.caption)
+
+
+def test_recipe_controls_keep_the_preset_recipe_valid():
+    from tokenlearner.config import TrainConfig
+    from tokenlearner.jobs import recipe_beyond_controls, recipe_from_controls
+
+    base = TrainConfig(epochs=120, warmup_epochs=5, label_smoothing=0.1)
+    recipe = recipe_from_controls(base, epochs=3, seed=1)
+    assert (recipe.epochs, recipe.warmup_epochs, recipe.seed, recipe.label_smoothing) == (3, 2, 1, 0.1)
+    assert recipe_beyond_controls(recipe) == {"warmup_epochs": 2, "label_smoothing": 0.1}
+    assert recipe_beyond_controls(TrainConfig(epochs=5, seed=2)) == {}
+    with pytest.raises(ValueError, match="controls only"):
+        recipe_from_controls(base, weight_decay=0.1)

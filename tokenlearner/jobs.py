@@ -38,6 +38,26 @@ def config_flags(model: ModelConfig, train: TrainConfig) -> list[str]:
     return flags
 
 
+# The recipe fields the Train page has controls for; a preset brings the others along.
+RECIPE_CONTROLS = ("epochs", "batch_size", "learning_rate", "seed", "limit")
+
+
+def recipe_from_controls(base: TrainConfig, **controls) -> TrainConfig:
+    """`base` (a preset's recipe) with the page's controls applied; a warm-up that fewer
+    epochs leave no room for is shortened."""
+    if set(controls) - set(RECIPE_CONTROLS):
+        raise ValueError(f"the Train page controls only {', '.join(RECIPE_CONTROLS)}")
+    return base.replace(**controls, warmup_epochs=min(base.warmup_epochs, controls.get("epochs", base.epochs) - 1))
+
+
+def recipe_beyond_controls(recipe: TrainConfig) -> dict:
+    """The fields of `recipe` that the page has no control for and that differ from the
+    keras.io recipe, so the page can say what a preset carries along."""
+    keras_io = TrainConfig()
+    return {name: value for name, value in recipe.to_dict().items()
+            if name not in RECIPE_CONTROLS and value != getattr(keras_io, name)}
+
+
 def active_job(root: str | os.PathLike) -> RunDirectory | None:
     """The run directory of the job still running under `root`, if any."""
     try:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import streamlit as st
 
-from tokenlearner.config import ModelConfig
+from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.presets import PRESETS
+from tokenlearner.runs import CHECKPOINTS_DIR, RunError, find_runs
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class Limits:
     def current(cls) -> "Limits":
         if os.environ.get("TOKENLEARNER_DEMO") == "1":
             return cls(max_epochs=5, max_images=2000, allow_delete=False)
-        return cls(max_epochs=100, max_images=0, allow_delete=True)
+        return cls(max_epochs=200, max_images=0, allow_delete=True)
 
 
 TOKENLEARNER_LABELS = {"none": "none", "v1": "v1.0", "v11": "v1.1"}
@@ -33,8 +35,28 @@ MAX_APP_DEPTH = 12
 MAX_APP_TOKENS = 16
 
 
-def preset_picker(key: str, default: str = "keras-io-4-tokens") -> ModelConfig:
-    """A preset selector; choosing one resets the `model_controls` of the same `key` to it."""
+class Preset(NamedTuple):
+    model: ModelConfig
+    recipe: TrainConfig
+
+
+def presets() -> dict[str, Preset]:
+    """Every row of the keras.io tables (with the keras.io recipe), then the config and
+    recipe of every shipped checkpoint."""
+    choices = {name: Preset(config, TrainConfig()) for name, config in PRESETS.items()}
+    checkpoints, _ = find_runs(CHECKPOINTS_DIR)
+    for info in checkpoints:
+        try:
+            choices[f"checkpoint {info.run.path.name}"] = Preset(info.config,
+                                                                  TrainConfig.from_dict(info.run.record()["train"]))
+        except (RunError, KeyError, TypeError, ValueError):
+            continue  # the zoo reports a damaged checkpoint; the picker just leaves it out
+    return choices
+
+
+def preset_picker(key: str, default: str = "keras-io-4-tokens") -> Preset:
+    """A preset selector; choosing one resets the controls of the same `key` (the model
+    knobs and the recipe) to it."""
 
     def forget_controls() -> None:
         for name in [name for name in st.session_state if name.startswith(f"{key}_") and name != f"{key}_preset"]:
@@ -42,9 +64,10 @@ def preset_picker(key: str, default: str = "keras-io-4-tokens") -> ModelConfig:
         for parameter in URL_FIELDS:  # a linked set would otherwise start from the old link
             st.query_params.pop(parameter, None)
 
-    name = st.selectbox("start from", list(PRESETS), index=list(PRESETS).index(default), key=f"{key}_preset",
+    choices = presets()
+    name = st.selectbox("start from", list(choices), index=list(choices).index(default), key=f"{key}_preset",
                         on_change=forget_controls)
-    return PRESETS[name]
+    return choices[name]
 
 
 # The knobs a link carries: query parameter -> (config field, parse).
