@@ -9,7 +9,7 @@ from tokenlearner.gallery import pick_images
 from tokenlearner.images import ImageError, read_image, to_model_input
 from tokenlearner.overlay import COLORMAPS, dominant_token_image, overlay_grid, stack_rows
 from tokenlearner.runs import find_runs
-from tokenlearner.ui import data_directory, load_run_model, load_test_set, test_predictions, training_images
+from tokenlearner.ui import data_directory, load_run_model, load_test_set, run_fixed_images, test_predictions
 
 st.title("Attention")
 runs, problems = find_runs()
@@ -100,14 +100,15 @@ if len(epochs) > 1:
     st.subheader("How the maps formed during training")
     epoch = st.select_slider("after epoch", epochs, value=epochs[-1], key="attention_epoch")
     play = st.button("Play from epoch 0", key="attention_play")
-    indices = choice.run.map_images()["train_batch_indices"]
     if source == "my own image":  # the test-image branch above has looked for the data already
         directory = data_directory("attention_epochs")
-    originals = training_images(directory, tuple(indices)) if directory is not None else None
+    originals = run_fixed_images(choice.run, directory) if directory is not None else None
     if directory is not None and originals is None:
-        st.warning("This run was trained on a larger CIFAR-10 folder than the one found now.")
+        st.warning("This run's fixed images are not in the CIFAR-10 folder found now: it was trained on "
+                   "another copy. Point the data folder at that copy to see how its maps formed.")
     if originals is not None:
         frame = st.empty()
+        shown_indices = choice.run.map_images()["train_batch_indices"][: min(4, len(originals))]
 
         def draw(shown_epoch: int) -> None:
             _, epoch_maps = choice.run.maps(shown_epoch)
@@ -115,8 +116,8 @@ if len(epochs) > 1:
                 return
             first = next(iter(epoch_maps.values()))
             rows = [overlay_grid(originals[position], first[position], config.covered_region(), opacity=opacity,
-                                 colormap=colormap) for position in range(min(4, len(indices)))]
-            frame.image(stack_rows(rows), caption=f"fixed validation images {indices[:4]}, after epoch {shown_epoch}",
+                                 colormap=colormap) for position in range(min(4, len(originals)))]
+            frame.image(stack_rows(rows), caption=f"fixed validation images {shown_indices}, after epoch {shown_epoch}",
                         width="stretch")
 
         for shown_epoch in (epochs if play else [epoch]):

@@ -1,8 +1,12 @@
 import streamlit as st
 
+from tokenlearner.data import DataError, find_data_dir
 from tokenlearner.flops import count
+from tokenlearner.gallery import showcase
+from tokenlearner.overlay import overlay_grid
 from tokenlearner.presets import PRESETS, PUBLISHED
 from tokenlearner.runs import find_runs
+from tokenlearner.ui import run_fixed_images
 
 st.title("TokenLearner Explorer")
 st.markdown(
@@ -17,6 +21,26 @@ Vision Transformers" (Gosthipaty & Paul) on CIFAR-10, and lets you change where
 TokenLearner sits, how many tokens it learns and how deep the network is.
 """
 )
+runs, problems = find_runs()
+shown = showcase(runs)
+if shown is not None:
+    epoch = shown.summary["best_epoch"]
+    _, maps = shown.run.maps(epoch)
+    try:
+        images = run_fixed_images(shown.run, str(find_data_dir(st.session_state.get("data_dir"))))
+    except DataError:
+        images = None
+    caption = (f"What the {shown.config.num_tokens} tokens of {shown.name} "
+               f"({100 * shown.summary['test_top1']:.1f}% test top-1) pool: ")
+    if images is not None:
+        learned = next(iter(maps.values()))
+        st.image(overlay_grid(images[0], learned[0], shown.config.covered_region(), scale=4), width="stretch")
+        st.caption(caption + "a validation image, then each token's map over it (bright: pooled into that "
+                   "token). The Attention page does this for any image.")
+    elif (shown.run.path / "maps.png").is_file():
+        st.image(str(shown.run.path / "maps.png"))
+        st.caption(caption + "each row is one test image, each tile one token's map over the 8x8 patches. "
+                   "With CIFAR-10 on this machine they are drawn over the images.")
 st.subheader("The keras.io configurations")
 rows = []
 for name, config in PRESETS.items():
@@ -38,7 +62,6 @@ st.caption(
 )
 
 st.subheader("Model zoo")
-runs, problems = find_runs()
 for problem in problems:
     st.warning(problem)
 finished = [run for run in runs if run.summary and run.summary.get("test_top1") is not None]

@@ -8,7 +8,7 @@ from tokenlearner.jobs import (JobError, active_job, job_log, last_job, recipe_b
                                start_job)
 from tokenlearner.overlay import overlay_grid
 from tokenlearner.runs import runs_root
-from tokenlearner.ui import Limits, data_directory, model_controls, preset_picker, training_images
+from tokenlearner.ui import Limits, data_directory, model_controls, preset_picker, run_fixed_images
 
 st.title("Train")
 root = runs_root()
@@ -50,8 +50,7 @@ def live_job():
     map_epochs = run.map_epochs()
     if map_epochs and data_dir is not None:
         _, maps = run.maps(map_epochs[-1])
-        indices = run.map_images()["train_batch_indices"]
-        originals = training_images(data_dir, tuple(indices))
+        originals = run_fixed_images(run, data_dir)
         if maps and originals is not None:
             first = next(iter(maps.values()))
             st.caption(f"token maps of fixed validation images after epoch {map_epochs[-1]}")

@@ -371,3 +371,39 @@ def test_recipe_controls_keep_the_preset_recipe_valid():
     assert recipe_beyond_controls(TrainConfig(epochs=5, seed=2)) == {}
     with pytest.raises(ValueError, match="controls only"):
         recipe_from_controls(base, weight_decay=0.1)
+
+
+def test_home_shows_what_the_best_models_tokens_pool(explorer):
+    import os
+
+    from tokenlearner.data import load_cifar10, split
+    from tokenlearner.model import predict_with_maps
+    from tokenlearner.runs import RunDirectory
+
+    model, _ = RunDirectory(explorer.path).load_model()
+    parts = split(load_cifar10(os.environ["TOKENLEARNER_DATA_DIR"]))
+    explorer.write_maps(1, *predict_with_maps(model, parts.val_images[:8]))
+    explorer.write_summary({"test_top1": 0.5, "test_top5": 0.9, "test_images": 817, "params": 1, "macs": 1,
+                            "keras_io_gflops": 0.01, "best_epoch": 1})
+    explorer.write_map_images(parts.val_index[:8].tolist(), parts.val_labels[:8].tolist())
+    test = app().run()
+    assert not test.exception, test.exception
+    assert len(test.get("image")) == 1
+    assert test.caption[0].value.startswith("What the 4 tokens of runs/fuser-run (50.0% test top-1) pool")
+
+    # Another copy of CIFAR-10 holds other images at those places: no overlay on the wrong image.
+    explorer.write_map_images(parts.val_index[:8].tolist(), ((parts.val_labels[:8] + 1) % 10).tolist())
+    test = app().run()
+    assert not test.exception, test.exception
+    assert len(test.get("image")) == 0
+
+
+def test_fixed_images_come_only_from_the_copy_a_run_was_trained_on():
+    import numpy as np
+
+    from tokenlearner.gallery import fixed_images
+
+    images, labels = np.arange(5 * 2).reshape(5, 2), np.array([3, 1, 4, 1, 5])
+    np.testing.assert_array_equal(fixed_images(images, labels, [4, 1], [5, 1]), images[[4, 1]])
+    assert fixed_images(images, labels, [4, 1], [5, 2]) is None
+    assert fixed_images(images, labels, [7], [5]) is None

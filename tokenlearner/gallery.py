@@ -23,3 +23,24 @@ def pick_images(labels: np.ndarray, how: str, count: int, seed: int = 0, class_i
         candidates = np.arange(len(labels))
     rng = np.random.default_rng(seed)
     return np.sort(rng.permutation(candidates)[:count])
+
+
+def showcase(runs: list) -> object | None:
+    """The run whose learned-token maps the home page shows: the most accurate finished
+    TokenLearner model, a shipped checkpoint before any local run."""
+    candidates = [run for run in runs
+                  if run.config.tokenlearner != "none" and run.summary and run.summary.get("test_top1") is not None
+                  and run.summary.get("best_epoch") in run.run.map_epochs()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda run: (run.name.startswith("checkpoints/"), run.summary["test_top1"]))
+
+
+def fixed_images(train_images: np.ndarray, train_labels: np.ndarray, indices: list[int],
+                 labels: list[int]) -> np.ndarray | None:
+    """The images a run's per-epoch maps are of (by their index in the training batches),
+    or None when this copy of CIFAR-10 is not the one the run was trained on: too few
+    images, or other labels at those places."""
+    if max(indices) >= len(train_images) or list(train_labels[indices]) != list(labels):
+        return None
+    return train_images[indices]

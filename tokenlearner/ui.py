@@ -219,10 +219,17 @@ def _download_progress() -> None:
 
 
 @st.cache_data(max_entries=8)
-def training_images(directory: str, indices: tuple[int, ...]):
-    """The training-batch images at `indices` (the fixed images a run's maps are of), or
-    None when the folder holds fewer images than the run was trained on."""
+def training_images(directory: str, indices: tuple[int, ...], labels: tuple[int, ...]):
+    """The fixed images a run's maps are of, or None when the folder is not the CIFAR-10
+    copy the run was trained on (see `gallery.fixed_images`)."""
     from tokenlearner.data import load_cifar10
+    from tokenlearner.gallery import fixed_images
 
-    images = load_cifar10(directory).train_images
-    return images[list(indices)] if max(indices) < len(images) else None
+    data = load_cifar10(directory)
+    return fixed_images(data.train_images, data.train_labels, list(indices), list(labels))
+
+
+def run_fixed_images(run, directory: str):
+    """The fixed validation images of `run` (a RunDirectory) from `directory`, or None."""
+    chosen = run.map_images()
+    return training_images(directory, tuple(chosen["train_batch_indices"]), tuple(chosen["labels"]))
