@@ -70,3 +70,32 @@ def test_a_grid_runs_resumes_and_tabulates(tmp_path):
     assert second.stdout.count("finished already, skipped") == 3
     assert "[4/4] tokens seed 1: an unfinished run was there, moved to seed_1.incomplete-1" in second.stdout
     assert (out / "tokens" / "seed_1.incomplete-1").is_dir()
+    assert (out / "results.png").read_bytes().startswith(b"\x89PNG")
+
+    (out / "results.md").unlink()
+    tabulated = subprocess.run([sys.executable, "-m", "tokenlearner", "experiment", str(grid), "--out", str(out),
+                                "--table-only", "--data-dir", str(tmp_path / "nowhere")],
+                               capture_output=True, text=True, cwd=REPO)
+    assert tabulated.returncode == 0, tabulated.stderr
+    assert "training" not in tabulated.stdout and "| tokens | 2/2 |" in (out / "results.md").read_text()
+
+
+def test_the_figure_plots_every_table_and_the_published_points(tmp_path):
+    from PIL import Image
+
+    from tokenlearner.experiment import plot_accuracy_vs_macs
+
+    rows = [{"config": "4-tokens", "top1_mean": 36.1, "top1_std": 0.8, "macs": 78e6, "published_top1": 56.5},
+            {"config": "no-tokenlearner", "top1_mean": 35.0, "top1_std": None, "macs": 96e6, "published_top1": None},
+            {"config": "unfinished", "top1_mean": None, "top1_std": None, "macs": 90e6, "published_top1": None}]
+    path = plot_accuracy_vs_macs({"keras.io recipe": rows, "our recipe": rows[:1]}, tmp_path / "figure.png", "t")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (900, 576)
+
+
+def test_the_checkpoint_grid_names_the_shipped_models():
+    runs = {run.name: run for run in read_grid(REPO / "tokenlearner" / "grids" / "checkpoints.json")}
+    assert list(runs) == ["v1-8-tokens", "v1-4-tokens", "no-tokenlearner", "v11-8-tokens", "v1-8-tokens-fuser",
+                          "depth-8"]
+    assert runs["v1-8-tokens-fuser"].model.fuser and runs["depth-8"].model.depth == 8
+    assert {run.train for run in runs.values()} == {runs["depth-8"].train}, "one recipe for every checkpoint"

@@ -326,29 +326,37 @@ def run_predict(args: argparse.Namespace) -> None:
 
 
 def run_experiment(args: argparse.Namespace) -> None:
-    from tokenlearner.experiment import read_grid, results, run_grid, write_results
+    from tokenlearner.experiment import plot_accuracy_vs_macs, read_grid, results, run_grid, write_results
 
     try:
         runs = read_grid(args.grid)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    data = _load_data(args.data_dir)
-    import_keras_quietly()
-    import keras
+    if not args.table_only:
+        data = _load_data(args.data_dir)
+        import_keras_quietly()
+        import keras
 
-    from tokenlearner.training import train
+        from tokenlearner.training import train
 
-    terminal = TerminalReport()
+        terminal = TerminalReport()
 
-    def train_one(run, directory, label):
-        keras.backend.clear_session()
-        terminal_for_run = lambda message, transient: terminal(f"{label}  {message}", transient)  # noqa: E731
-        train(run.model, run.train, data, directory, report=terminal_for_run)
+        def train_one(run, directory, label):
+            keras.backend.clear_session()
+            terminal_for_run = lambda message, transient: terminal(f"{label}  {message}", transient)  # noqa: E731
+            train(run.model, run.train, data, directory, report=terminal_for_run)
 
-    run_grid(runs, args.out, train_one, lambda message: terminal(message, False))
-    csv_path, markdown_path = write_results(results(runs, args.out), args.out)
+        run_grid(runs, args.out, train_one, lambda message: terminal(message, False))
+    rows = results(runs, args.out)
+    csv_path, markdown_path = write_results(rows, args.out)
     print(markdown_path.read_text(), end="")
     print(f"wrote {csv_path} and {markdown_path}")
+    try:
+        figure = plot_accuracy_vs_macs({f"ours, {Path(args.grid).stem}": rows}, Path(args.out) / "results.png",
+                                       f"test top-1 against MACs: {Path(args.grid).stem}")
+        print(f"wrote {figure}")
+    except RuntimeError as error:
+        print(f"no results.png: {error}")
 
 
 def run_ship(args: argparse.Namespace) -> None:
@@ -430,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("grid", help="a grid JSON file, or the name of a built-in grid (keras_io_tables)")
     experiment.add_argument("--out", required=True, help="folder for the runs and the results table")
     experiment.add_argument("--data-dir", help="a cifar-10-batches-py folder")
+    experiment.add_argument("--table-only", action="store_true",
+                            help="train nothing: tabulate the runs finished so far")
     experiment.set_defaults(handler=run_experiment)
 
     shipper = commands.add_parser("ship", help="copy a finished run into checkpoints/ with a model card")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from tokenlearner.config import ModelConfig, TrainConfig
-from tokenlearner.files import read_json, write_text
+from tokenlearner.files import atomic_path, read_json, write_text
 from tokenlearner.flops import count
 from tokenlearner.presets import PUBLISHED, preset
 from tokenlearner.runs import RunDirectory
@@ -154,3 +154,41 @@ def _pm(mean, std) -> str:
     if mean is None:
         return "-"
     return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
+
+
+def plot_accuracy_vs_macs(tables: dict[str, list[dict]], path: str | os.PathLike, title: str) -> Path:
+    """A PNG of test top-1 (mean ± std over seeds) against MACs, one series per entry of
+    `tables` (label -> `results` rows), with the published keras.io top-1 of each preset
+    row as hollow markers. Needs matplotlib (requirements-dev.txt)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError("the results figure needs matplotlib: pip install -r requirements-dev.txt") from None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7.5, 4.8), dpi=120)
+    published = {}
+    for (label, rows), marker in zip(tables.items(), "osD^v"):
+        shown = [row for row in rows if row["top1_mean"] is not None]
+        axes.errorbar([row["macs"] / 1e6 for row in shown], [row["top1_mean"] for row in shown],
+                      yerr=[row["top1_std"] or 0 for row in shown], fmt=marker, capsize=3, label=label)
+        for row in shown:
+            axes.annotate(row["config"], (row["macs"] / 1e6, row["top1_mean"]), textcoords="offset points",
+                          xytext=(5, 4), fontsize=7)
+            if row["published_top1"] is not None:
+                published[row["macs"]] = row["published_top1"]
+    if published:
+        axes.scatter([macs / 1e6 for macs in published], list(published.values()), facecolors="none",
+                     edgecolors="gray", label="keras.io, published (full CIFAR-10)")
+    axes.set_xlabel("multiply-accumulates per image (M)")
+    axes.set_ylabel("test top-1 (%)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png")
+    pyplot.close(figure)
+    return path
