@@ -96,9 +96,14 @@ def test_ship_copies_a_finished_run_with_its_card_and_refuses_what_it_cannot_shi
         ["README.md", "config.json", "maps", "maps.png", "metrics.json", "metrics.jsonl", "model.keras", "status.json"])
     card = (folder / CARD).read_text()
     assert card == render_card(folder) and card.startswith("# tiny\n")
-    assert "| `mixup_alpha` | 0.8 | 0.0 |" in card and "**Trained on 240 CIFAR-10 training images**" in card
+    assert "| `mixup_alpha` | 0.8 | 0.0 |" in card and "**Trained on 240 CIFAR-10 training images**, with 60 more" in card
     RunDirectory(folder).load_model()
+    assert (folder / "model.keras").stat().st_size < 0.6 * (run / "model.keras").stat().st_size, "not float16"
 
+    other_data = make_cifar_folder(tmp_path / "other" / "cifar-10-batches-py", rows_per_batch=60, test_rows=30)
+    elsewhere = tokenlearner_command("ship", str(run), "--name", "other", "--into", str(tmp_path / "zoo"),
+                                     "--data-dir", str(other_data))
+    assert elsewhere.returncode == 2 and "was tested on 40 images, the data given has 30" in elsewhere.stderr
     again = tokenlearner_command("ship", str(run), "--name", "tiny", "--into", str(tmp_path / "zoo"),
                                  "--data-dir", str(data))
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
