@@ -407,3 +407,32 @@ def test_fixed_images_come_only_from_the_copy_a_run_was_trained_on():
     np.testing.assert_array_equal(fixed_images(images, labels, [4, 1], [5, 1]), images[[4, 1]])
     assert fixed_images(images, labels, [4, 1], [5, 2]) is None
     assert fixed_images(images, labels, [7], [5]) is None
+
+
+def test_the_keras_io_table_sets_our_grid_means_beside_the_published_ones(tmp_path):
+    from tokenlearner.compare import keras_io_table
+    from tokenlearner.config import TrainConfig
+    from tokenlearner.presets import PRESETS
+    from tokenlearner.runs import RunDirectory, find_grid_runs
+
+    def finished(path, config, recipe, top1):
+        run = RunDirectory(path).create({"model": config.to_dict(), "train": recipe.to_dict()})
+        run.write_summary({"test_top1": top1})
+        run.set_status("finished")
+
+    for seed, top1 in enumerate((0.35, 0.37)):
+        finished(tmp_path / "tables" / "8-tokens" / f"seed_{seed}", PRESETS["keras-io-8-tokens"],
+                 TrainConfig(seed=seed), top1)
+    finished(tmp_path / "tables" / "8-tokens" / "seed_2.incomplete-1", PRESETS["keras-io-8-tokens"], TrainConfig(), 0.9)
+    finished(tmp_path / "recipes" / "8-tokens" / "seed_0", PRESETS["keras-io-8-tokens"],
+             TrainConfig(epochs=120, mixup_alpha=0.8), 0.51)
+    runs = find_grid_runs(tmp_path)
+    assert sorted(run.name for run in runs) == [f"{tmp_path.name}/recipes/8-tokens/seed_0",
+                                                f"{tmp_path.name}/tables/8-tokens/seed_0",
+                                                f"{tmp_path.name}/tables/8-tokens/seed_1"]
+    rows = {row["configuration"]: row for row in keras_io_table(runs)}
+    eight = rows["TokenLearner v1.0, 8 tokens"]
+    assert eight["published top-1 (%)"] == 56.55
+    assert eight["ours, keras.io recipe (%)"] == "36.00 ± 1.41 (2 runs)"
+    assert eight["ours, best other recipe (%)"] == f"51.00 ({tmp_path.name}/recipes/8-tokens/seed_0)"
+    assert rows["TokenLearner v1.0, 4 tokens"]["ours, keras.io recipe (%)"] == "-"

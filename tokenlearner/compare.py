@@ -5,9 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import shutil
+import statistics
 from pathlib import Path
 
+from tokenlearner.config import TrainConfig
 from tokenlearner.flops import count
+from tokenlearner.presets import PRESETS, PUBLISHED
 from tokenlearner.runs import RunInfo, runs_root
 
 
@@ -37,6 +40,39 @@ def runs_table(runs: list[RunInfo]) -> list[dict]:
             "train_minutes": round(summary["train_seconds"] / 60, 1) if summary.get("train_seconds") else None,
         })
     return rows
+
+
+def keras_io_table(runs: list[RunInfo]) -> list[dict]:
+    """The keras.io results table beside ours: for each of its rows, our test top-1 under
+    the keras.io recipe (mean ± std over the runs of that exact config, any seed) and the
+    best of our runs of it with any other recipe."""
+    keras_io_recipe = TrainConfig().to_dict()
+    rows = []
+    for name, config in PRESETS.items():
+        same = [run for run in runs if run.config == config and run.summary and run.summary.get("test_top1")]
+        plain, other = [], []
+        for run in same:
+            recipe = {**run.run.record().get("train", {}), "seed": 0}
+            (plain if recipe == keras_io_recipe else other).append(run)
+        top1 = [100 * run.summary["test_top1"] for run in plain]
+        best = max(other, key=lambda run: run.summary["test_top1"], default=None)
+        rows.append({
+            "configuration": PUBLISHED[name].description,
+            "published top-1 (%)": PUBLISHED[name].top1,
+            "ours, keras.io recipe (%)": _mean_std(top1),
+            "ours, best other recipe (%)": f"{100 * best.summary['test_top1']:.2f} ({best.name})" if best else "-",
+            "published GFLOPs": PUBLISHED[name].gflops,
+            "MACs (M)": round(count(config).macs / 1e6, 2),
+        })
+    return rows
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1 run)"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)} runs)"
 
 
 def _percent(value):

@@ -243,3 +243,22 @@ def find_runs(*roots: str | os.PathLike) -> tuple[list[RunInfo], list[str]]:
             found.append(RunInfo(f"{root.name}/{folder.name}", run, config, run.status().get("state", "unknown"),
                                  run.summary(), run.model_file.is_file()))
     return found, problems
+
+
+def find_grid_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
+    """The finished runs of experiment grids under `root` (default: the runs folder), laid
+    out as `root/GRID/CONFIG/seed_N`; the zoo leaves them out, the keras.io table uses them."""
+    root = Path(root) if root is not None else runs_root()
+    found = []
+    for folder in sorted(root.glob("*/*/seed_*")) if root.is_dir() else []:
+        run = RunDirectory(folder)
+        # seed_N.incomplete-M holds a run the experiment runner set aside and ran again
+        if not folder.name.removeprefix("seed_").isdigit() or run.status().get("state") != "finished":
+            continue
+        try:
+            config = run.model_config()
+        except RunError:
+            continue
+        found.append(RunInfo(str(folder.relative_to(root.parent)), run, config, "finished", run.summary(),
+                             run.model_file.is_file()))
+    return found
