@@ -89,3 +89,17 @@ def test_the_attention_page_shows_overlays(browser, server):
     assert page.locator('[data-testid="stImage"]').count() >= 2
     assert page.locator('[data-testid="stException"]').count() == 0
     page.close()
+
+
+def test_a_link_opens_the_page_with_its_config(browser, server):
+    from tokenlearner import ModelConfig
+    from tokenlearner.flops import count
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    page.goto(f"{server}/flops?tokens=8&depth=6&placement=2")
+    page.get_by_role("heading", name="FLOPs", exact=True).wait_for(timeout=60_000)
+    expected = f"{count(ModelConfig(num_tokens=8, depth=6, placement=2)).macs / 1e6:.2f} M"
+    page.wait_for_function(f"""() => document.querySelector('[data-testid="stMetricValue"]')?.innerText === "{expected}" """,
+                           timeout=30_000)
+    assert "tokens=8" in page.url and "depth=6" in page.url
+    page.close()
