@@ -86,9 +86,16 @@ def test_sweep_figure_covers_the_valid_range(parameter, points):
 
 
 @pytest.fixture
-def explorer(tmp_path, monkeypatch, request):
+def no_checkpoints(tmp_path, monkeypatch):
+    """The app as a clone without shipped checkpoints sees it, so a test controls every model shown."""
+    monkeypatch.setattr("tokenlearner.runs.CHECKPOINTS_DIR", tmp_path / "no-checkpoints")
+
+
+@pytest.fixture
+def explorer(tmp_path, monkeypatch, no_checkpoints):
     """A runs folder with one (untrained) TokenLearner + TokenFuser run, and CIFAR-10 from
-    $TOKENLEARNER_DATA_DIR, or a small generated folder where that is not set."""
+    $TOKENLEARNER_DATA_DIR, or a small generated folder where that is not set; no shipped
+    checkpoint."""
     import os
 
     from cifar_files import make_cifar_folder
@@ -143,7 +150,7 @@ def test_attention_page_takes_an_upload_and_refuses_a_bomb(explorer):
     assert "declares 10000x10000 pixels" in test.error[0].value
 
 
-def test_attention_page_without_runs(tmp_path, monkeypatch):
+def test_attention_page_without_runs(tmp_path, monkeypatch, no_checkpoints):
     monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "empty"))
     test = attention_page()
     assert not test.exception
@@ -436,3 +443,38 @@ def test_the_keras_io_table_sets_our_grid_means_beside_the_published_ones(tmp_pa
     assert eight["ours, keras.io recipe (%)"] == "36.00 ± 1.41 (2 runs)"
     assert eight["ours, best other recipe (%)"] == f"51.00 ({tmp_path.name}/recipes/8-tokens/seed_0)"
     assert rows["TokenLearner v1.0, 4 tokens"]["ours, keras.io recipe (%)"] == "-"
+
+
+def shipped_tokenlearner_checkpoints() -> list[str]:
+    from tokenlearner.runs import CHECKPOINTS_DIR, RunDirectory
+
+    folders = sorted(CHECKPOINTS_DIR.iterdir()) if CHECKPOINTS_DIR.is_dir() else []
+    return [f"checkpoints/{folder.name}" for folder in folders
+            if folder.is_dir() and RunDirectory(folder).model_config().tokenlearner != "none"]
+
+
+def test_a_shipped_checkpoint_is_shown_on_home_and_attention(cifar_dir, tmp_path, monkeypatch):
+    """With no local run, the home picture and the Attention page come from the shipped
+    checkpoints: the real weights, drawn over the images of $TOKENLEARNER_DATA_DIR."""
+    shipped = shipped_tokenlearner_checkpoints()
+    assert shipped, "no TokenLearner checkpoint is shipped in checkpoints/"
+    monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "no-runs"))
+    test = app().run()
+    assert not test.exception, test.exception
+    assert len(test.get("image")) == 1
+    caption = test.caption[0].value
+    assert any(caption.startswith("What the ") and f"of {name} (" in caption for name in shipped), caption
+    zoo = test.dataframe[-1].value
+    assert set(shipped) <= set(zoo["run"])
+
+    test = attention_page()
+    assert not test.exception, test.exception
+    for name in shipped:
+        choice = test.selectbox(key="attention_run")
+        choice.select_index(next(i for i, label in enumerate(choice.options) if label.startswith(f"{name} ("))).run()
+        assert not test.exception, test.exception
+        assert test.selectbox(key="attention_run").value.name == name
+        test.radio(key="attention_pick").set_value("at random").run()
+        test.slider(key="attention_count").set_value(2).run()
+        # per image the token maps and the dominant-token view, then the fixed images' maps after an epoch
+        assert len(test.get("image")) == 2 * 2 + 1, name
