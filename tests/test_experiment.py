@@ -6,7 +6,7 @@ import pytest
 from cifar_files import make_cifar_folder
 from conftest import REPO
 
-from tokenlearner.experiment import read_grid
+from tokenlearner.experiment import read_grid, run_grid
 from tokenlearner.presets import PRESETS
 
 GRID = {
@@ -42,6 +42,28 @@ def test_grid_mistakes(grid, message, tmp_path):
     path.write_text(json.dumps(grid))
     with pytest.raises(ValueError, match=message):
         read_grid(path)
+
+
+def test_a_stopped_run_ends_the_grid_and_the_next_call_resumes_it(tmp_path):
+    from tokenlearner.runs import RunDirectory
+
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(GRID))
+    runs, trained, messages = read_grid(grid), [], []
+
+    def train_one(run, directory, label, stop_at="tokens seed 0"):
+        trained.append(label)
+        RunDirectory(directory).create({}).set_status("stopped" if stop_at in label else "finished")
+        return stop_at in label
+
+    assert run_grid(runs, tmp_path / "out", train_one, messages.append) is False
+    assert [label.split("] ")[1] for label in trained] == ["baseline seed 0", "baseline seed 1", "tokens seed 0"]
+    assert messages[-1].endswith("stopped; the same command resumes the grid, training this run again from the start")
+
+    trained.clear()
+    assert run_grid(runs, tmp_path / "out", lambda *args: train_one(*args, stop_at="never"), messages.append)
+    assert [label.split("] ")[1] for label in trained] == ["tokens seed 0", "tokens seed 1"]
+    assert (tmp_path / "out" / "tokens" / "seed_0.incomplete-1").is_dir()
 
 
 @pytest.mark.slow
@@ -95,7 +117,7 @@ def test_the_figure_plots_every_table_and_the_published_points(tmp_path):
 
 def test_the_checkpoint_grid_names_the_shipped_models():
     runs = {run.name: run for run in read_grid(REPO / "tokenlearner" / "grids" / "checkpoints.json")}
-    assert list(runs) == ["v1-8-tokens", "v1-4-tokens", "no-tokenlearner", "v11-8-tokens", "v1-8-tokens-fuser",
+    assert list(runs) == ["v1-8-tokens", "no-tokenlearner", "v11-8-tokens", "v1-4-tokens", "v1-8-tokens-fuser",
                           "depth-8"]
     assert runs["v1-8-tokens-fuser"].model.fuser and runs["depth-8"].model.depth == 8
     assert {run.train for run in runs.values()} == {runs["depth-8"].train}, "one recipe for every checkpoint"

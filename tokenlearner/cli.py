@@ -344,9 +344,10 @@ def run_experiment(args: argparse.Namespace) -> None:
         def train_one(run, directory, label):
             keras.backend.clear_session()
             terminal_for_run = lambda message, transient: terminal(f"{label}  {message}", transient)  # noqa: E731
-            train(run.model, run.train, data, directory, report=terminal_for_run)
+            return train(run.model, run.train, data, directory, report=terminal_for_run)["stopped"]
 
-        run_grid(runs, args.out, train_one, lambda message: terminal(message, False))
+        if not run_grid(runs, args.out, train_one, lambda message: terminal(message, False)):
+            return
     rows = results(runs, args.out)
     csv_path, markdown_path = write_results(rows, args.out)
     print(markdown_path.read_text(), end="")

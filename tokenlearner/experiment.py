@@ -70,9 +70,11 @@ def read_grid(path: str | os.PathLike) -> list[GridRun]:
     return runs
 
 
-def run_grid(runs: list[GridRun], out: str | os.PathLike, train_one: Callable[[GridRun, Path, str], None],
-             report: Callable[[str], None]) -> None:
-    """Train every run not finished yet; `train_one(run, directory, label)` trains one."""
+def run_grid(runs: list[GridRun], out: str | os.PathLike, train_one: Callable[[GridRun, Path, str], bool],
+             report: Callable[[str], None]) -> bool:
+    """Train every run not finished yet; `train_one(run, directory, label)` trains one and
+    says whether it was stopped. A stopped run (a signal, or its STOP file) ends the grid
+    there, since a stop is the user's; the return value says whether every run finished."""
     out = Path(out)
     for index, run in enumerate(runs, start=1):
         directory = out / run.name / f"seed_{run.seed}"
@@ -85,7 +87,10 @@ def run_grid(runs: list[GridRun], out: str | os.PathLike, train_one: Callable[[G
             directory.rename(aside)
             report(f"{label}: an unfinished run was there, moved to {aside.name}")
         report(f"{label}: training")
-        train_one(run, directory, label)
+        if train_one(run, directory, label):
+            report(f"{label}: stopped; the same command resumes the grid, training this run again from the start")
+            return False
+    return True
 
 
 def _free_name(directory: Path) -> Path:
