@@ -356,7 +356,7 @@ def test_a_shipped_checkpoint_is_a_preset_of_model_and_recipe(tmp_path, monkeypa
     recipe = TrainConfig(epochs=120, schedule="cosine", warmup_epochs=5, weight_decay=0.05, mixup_alpha=0.8, seed=3)
     RunDirectory(tmp_path / "checkpoints" / "v1-8-tokens").create(
         {"model": ModelConfig(num_tokens=8).to_dict(), "train": recipe.to_dict(), "data": {}})
-    monkeypatch.setattr("tokenlearner.ui.CHECKPOINTS_DIR", tmp_path / "checkpoints")
+    monkeypatch.setattr("tokenlearner.runs.CHECKPOINTS_DIR", tmp_path / "checkpoints")
     test = app().run()
     test.switch_page("pages/train.py").run()
     test.selectbox(key="train_preset").set_value("checkpoint v1-8-tokens").run()
@@ -445,18 +445,12 @@ def test_the_keras_io_table_sets_our_grid_means_beside_the_published_ones(tmp_pa
     assert rows["TokenLearner v1.0, 4 tokens"]["ours, keras.io recipe (%)"] == "-"
 
 
-def shipped_tokenlearner_checkpoints() -> list[str]:
-    from tokenlearner.runs import CHECKPOINTS_DIR, RunDirectory
-
-    folders = sorted(CHECKPOINTS_DIR.iterdir()) if CHECKPOINTS_DIR.is_dir() else []
-    return [f"checkpoints/{folder.name}" for folder in folders
-            if folder.is_dir() and RunDirectory(folder).model_config().tokenlearner != "none"]
-
-
 def test_a_shipped_checkpoint_is_shown_on_home_and_attention(cifar_dir, tmp_path, monkeypatch):
     """With no local run, the home picture and the Attention page come from the shipped
     checkpoints: the real weights, drawn over the images of $TOKENLEARNER_DATA_DIR."""
-    shipped = shipped_tokenlearner_checkpoints()
+    from tokenlearner.runs import find_checkpoints
+
+    shipped = [info.name for info in find_checkpoints()[0] if info.config.tokenlearner != "none"]
     assert shipped, "no TokenLearner checkpoint is shipped in checkpoints/"
     monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "no-runs"))
     test = app().run()

@@ -245,6 +245,11 @@ def find_runs(*roots: str | os.PathLike) -> tuple[list[RunInfo], list[str]]:
     return found, problems
 
 
+def find_checkpoints() -> tuple[list[RunInfo], list[str]]:
+    """The shipped checkpoints, as `find_runs` reads them."""
+    return find_runs(CHECKPOINTS_DIR)
+
+
 def find_grid_runs(root: str | os.PathLike | None = None) -> list[RunInfo]:
     """The finished runs of experiment grids under `root` (default: the runs folder), laid
     out as `root/GRID/CONFIG/seed_N`; the zoo leaves them out, the keras.io table uses them."""

@@ -11,7 +11,7 @@ import streamlit as st
 
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.presets import PRESETS
-from tokenlearner.runs import CHECKPOINTS_DIR, RunError, find_runs
+from tokenlearner.runs import RunError, find_checkpoints
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def presets() -> dict[str, Preset]:
     """Every row of the keras.io tables (with the keras.io recipe), then the config and
     recipe of every shipped checkpoint."""
     choices = {name: Preset(config, TrainConfig()) for name, config in PRESETS.items()}
-    checkpoints, _ = find_runs(CHECKPOINTS_DIR)
+    checkpoints, _ = find_checkpoints()
     for info in checkpoints:
         try:
             choices[f"checkpoint {info.run.path.name}"] = Preset(info.config,
