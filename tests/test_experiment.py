@@ -22,6 +22,7 @@ GRID = {
 def test_the_shipped_grid_is_the_keras_io_tables():
     runs = read_grid("keras_io_tables")
     assert len(runs) == 7 * 5
+    assert [run.seed for run in runs[:7]] == [0] * 7 and len({run.name for run in runs[:7]}) == 7, "seed by seed"
     assert {run.model for run in runs} == set(PRESETS.values())
     assert all(run.train.epochs == 20 and run.train.batch_size == 256 for run in runs)
 
@@ -57,12 +58,12 @@ def test_a_stopped_run_ends_the_grid_and_the_next_call_resumes_it(tmp_path):
         return stop_at in label
 
     assert run_grid(runs, tmp_path / "out", train_one, messages.append) is False
-    assert [label.split("] ")[1] for label in trained] == ["baseline seed 0", "baseline seed 1", "tokens seed 0"]
+    assert [label.split("] ")[1] for label in trained] == ["baseline seed 0", "tokens seed 0"]
     assert messages[-1].endswith("stopped; the same command resumes the grid, training this run again from the start")
 
     trained.clear()
     assert run_grid(runs, tmp_path / "out", lambda *args: train_one(*args, stop_at="never"), messages.append)
-    assert [label.split("] ")[1] for label in trained] == ["tokens seed 0", "tokens seed 1"]
+    assert [label.split("] ")[1] for label in trained] == ["tokens seed 0", "baseline seed 1", "tokens seed 1"]
     assert (tmp_path / "out" / "tokens" / "seed_0.incomplete-1").is_dir()
 
 

@@ -9,8 +9,9 @@ A grid file is JSON:
                               "model": {"placement": 2},  # overrides of the preset
                               "train": {"label_smoothing": 0.1}}}}
 
-Run `name` with seed `s` goes to OUT/name/seed_s. A run already finished there is
-skipped; an unfinished one (killed, failed or stopped) is moved aside to
+Runs go seed by seed (every config's seed 0, then every config's seed 1, ...), so a grid
+stopped part-way already has a row for each config. Run `name` with seed `s` goes to
+OUT/name/seed_s. A run already finished there is skipped; an unfinished one (killed, failed or stopped) is moved aside to
 OUT/name/seed_s.incomplete-N and run again.
 """
 
@@ -67,7 +68,7 @@ def read_grid(path: str | os.PathLike) -> list[GridRun]:
                      for seed in seeds]
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: config {name!r}: {error}") from None
-    return runs
+    return sorted(runs, key=lambda run: seeds.index(run.seed))
 
 
 def run_grid(runs: list[GridRun], out: str | os.PathLike, train_one: Callable[[GridRun, Path, str], bool],
