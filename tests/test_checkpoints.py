@@ -72,10 +72,14 @@ class TestShippedCheckpoint:
         if config.tokenlearner == "none":
             assert maps == {} and not (folder / PICTURE).exists()
             return
-        learned = maps["token_learner"]
-        assert learned.shape == (8, config.num_tokens, config.grid_size, config.grid_size)
-        spread = learned.reshape(8, config.num_tokens, -1).std(axis=-1)
-        assert np.all(spread > 1e-4), "a token's map is constant over the patches"
+        # one TokenLearner, or with TokenFuser a learner and a fuser around every block from the placement on
+        blocks = range(config.placement, config.depth)
+        assert set(maps) == ({f"token_{kind}_{i}" for i in blocks for kind in ("learner", "fuser")}
+                             if config.fuser else {"token_learner"})
+        for name, learned in maps.items():
+            assert learned.shape == (8, config.num_tokens, config.grid_size, config.grid_size), name
+            spread = learned.reshape(8, config.num_tokens, -1).std(axis=-1)
+            assert np.all(spread > 1e-4), f"a token's map of {name} is constant over the patches"
         with Image.open(folder / PICTURE) as picture:
             assert picture.format == "PNG" and picture.width > picture.height / 2
 
