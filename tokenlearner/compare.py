@@ -42,24 +42,20 @@ def runs_table(runs: list[RunInfo]) -> list[dict]:
     return rows
 
 
-def keras_io_table(runs: list[RunInfo]) -> list[dict]:
-    """The keras.io results table beside ours: for each of its rows, our test top-1 under
-    the keras.io recipe (mean ± std over the runs of that exact config, any seed) and the
-    best of our runs of it with any other recipe."""
-    keras_io_recipe = TrainConfig().to_dict()
+def keras_io_table(runs: list[RunInfo], published_runs: list[RunInfo] = ()) -> list[dict]:
+    """The keras.io results table beside ours: for each of its rows, the test top-1 under
+    the keras.io recipe (mean ± std over the runs of that exact config, any seed) of the
+    project's published grid (`published_runs`, docs/results.md) and of `runs`, and the
+    best of `runs` with any other recipe."""
     rows = []
     for name, config in PRESETS.items():
-        same = [run for run in runs if run.config == config and run.summary and run.summary.get("test_top1")]
-        plain, other = [], []
-        for run in same:
-            recipe = {**run.run.record().get("train", {}), "seed": 0}
-            (plain if recipe == keras_io_recipe else other).append(run)
-        top1 = [100 * run.summary["test_top1"] for run in plain]
+        plain, other = _split_by_recipe(runs, config)
         best = max(other, key=lambda run: run.summary["test_top1"], default=None)
         rows.append({
             "configuration": PUBLISHED[name].description,
             "published top-1 (%)": PUBLISHED[name].top1,
-            "ours, keras.io recipe (%)": _mean_std(top1),
+            "docs/results.md, keras.io recipe (%)": _mean_std(_split_by_recipe(published_runs, config)[0]),
+            "ours, keras.io recipe (%)": _mean_std(plain),
             "ours, best other recipe (%)": f"{100 * best.summary['test_top1']:.2f} ({best.name})" if best else "-",
             "published GFLOPs": PUBLISHED[name].gflops,
             "MACs (M)": round(count(config).macs / 1e6, 2),
@@ -67,7 +63,19 @@ def keras_io_table(runs: list[RunInfo]) -> list[dict]:
     return rows
 
 
-def _mean_std(values: list[float]) -> str:
+def _split_by_recipe(runs: list[RunInfo], config) -> tuple[list[RunInfo], list[RunInfo]]:
+    """The finished runs of exactly `config`: those under the keras.io recipe (any seed), and the rest."""
+    keras_io_recipe = TrainConfig().to_dict()
+    plain, other = [], []
+    for run in runs:
+        if run.config == config and run.summary and run.summary.get("test_top1"):
+            recipe = {**run.run.record().get("train", {}), "seed": 0}
+            (plain if recipe == keras_io_recipe else other).append(run)
+    return plain, other
+
+
+def _mean_std(runs: list[RunInfo]) -> str:
+    values = [100 * run.summary["test_top1"] for run in runs]
     if not values:
         return "-"
     if len(values) == 1:

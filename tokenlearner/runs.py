@@ -205,6 +205,9 @@ def process_alive(pid: Any) -> bool:
 
 RUNS_ENV = "TOKENLEARNER_RUNS_DIR"
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+# The project's own experiment grids, published in docs/results.md as GRID/CONFIG/seed_N
+# records (config, status and metrics; not their models).
+PUBLISHED_GRIDS_DIR = CHECKPOINTS_DIR.parent / "docs" / "results"
 
 
 def runs_root() -> Path:
