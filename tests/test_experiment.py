@@ -122,3 +122,25 @@ def test_the_checkpoint_grid_names_the_shipped_models():
                           "depth-8"]
     assert runs["v1-8-tokens-fuser"].model.fuser and runs["depth-8"].model.depth == 8
     assert {run.train for run in runs.values()} == {runs["depth-8"].train}, "one recipe for every checkpoint"
+
+
+def test_the_published_keras_io_runs_are_finished_runs_of_the_shipped_grid_and_docs_show_their_table(tmp_path):
+    from tokenlearner.experiment import results, write_results
+    from tokenlearner.runs import RunDirectory
+
+    published = REPO / "docs" / "results" / "keras-io-tables"
+    grid = read_grid("keras_io_tables")
+    expected = {(run.name, run.seed): run for run in grid}
+    records = sorted(published.glob("*/seed_*/config.json"))
+    assert records, "docs/results.md publishes runs of the keras.io grid"
+    for config_file in records:
+        directory = RunDirectory(config_file.parent)
+        run = expected[(directory.path.parent.name, int(directory.path.name.removeprefix("seed_")))]
+        assert directory.status()["state"] == "finished", directory.path
+        assert directory.model_config() == run.model and directory.record()["train"] == run.train.to_dict()
+        assert 0 < directory.summary()["test_top1"] <= 1 and len(directory.epochs()) == run.train.epochs
+
+    _, table = write_results(results(grid, published), tmp_path)
+    assert (published / "results.md").read_text() == table.read_text(), "rerun experiment ... --table-only"
+    results_page = (REPO / "docs" / "results.md").read_text()
+    assert all(line in results_page for line in table.read_text().splitlines()), "docs/results.md shows the table"
