@@ -11,8 +11,8 @@ A grid file is JSON:
 
 Runs go seed by seed (every config's seed 0, then every config's seed 1, ...), so a grid
 stopped part-way already has a row for each config. Run `name` with seed `s` goes to
-OUT/name/seed_s. A run already finished there is skipped; an unfinished one (killed, failed or stopped) is moved aside to
-OUT/name/seed_s.incomplete-N and run again.
+OUT/name/seed_s. A run already finished there is skipped; an unfinished one (killed,
+failed or stopped) is moved aside to OUT/name/seed_s.incomplete-N and run again.
 """
 
 from __future__ import annotations
