@@ -72,16 +72,17 @@ def test_every_page_loads_without_an_error(browser, server, path):
 
 
 def test_a_slider_moved_in_the_browser_changes_the_macs(browser, server):
+    from playwright.sync_api import expect
+
     page = open_page(browser, server, "flops")
-    macs = page.locator('[data-testid="stMetricValue"]').first
-    assert macs.inner_text() == "78.07 M"
+    # by its label, and retried: networkidle can come while Streamlit still streams the page
+    macs = page.locator('[data-testid="stMetric"]').filter(has_text="MACs").locator('[data-testid="stMetricValue"]')
+    expect(macs).to_have_text("78.07 M", timeout=30_000)
     slider = page.locator('[data-testid="stSlider"]').filter(has_text="tokens").first
     track = slider.locator('[role="group"] > div').first  # the slider's track
     box = track.bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.98, box["y"] + box["height"] / 2)  # towards 16 tokens
-    page.wait_for_function("""() => document.querySelector('[data-testid="stMetricValue"]').innerText !== "78.07 M" """,
-                           timeout=30_000)
-    assert macs.inner_text() != "78.07 M"
+    expect(macs).not_to_have_text("78.07 M", timeout=30_000)
     page.close()
 
 
