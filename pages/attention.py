@@ -5,9 +5,9 @@ import streamlit as st
 
 from tokenlearner.charts import top5_figure
 from tokenlearner.data import CLASS_NAMES
-from tokenlearner.gallery import pick_images
+from tokenlearner.gallery import pick_images, showcase
 from tokenlearner.images import ImageError, read_image, to_model_input
-from tokenlearner.overlay import COLORMAPS, dominant_token_image, overlay_grid, stack_rows
+from tokenlearner.overlay import COLORMAPS, dominant_token_image, enlarge, overlay_grid, stack_rows
 from tokenlearner.runs import find_runs
 from tokenlearner.ui import data_directory, load_run_model, load_test_set, run_fixed_images, test_predictions
 
@@ -20,7 +20,9 @@ if not runs:
     st.info("No trained model yet: train one on the Train page (or with `python -m tokenlearner train`).")
     st.stop()
 
-choice = st.selectbox("model", runs, format_func=lambda run: f"{run.name} ({run.state})", key="attention_run")
+showcased = showcase(runs)  # the most accurate model with token maps, as on the home page
+choice = st.selectbox("model", runs, index=runs.index(showcased) if showcased else 0,
+                      format_func=lambda run: f"{run.name} ({run.state})", key="attention_run")
 config = choice.config
 if config.tokenlearner == "none":
     st.info("This model has no TokenLearner, so it has no token maps; its predictions are shown below.")
@@ -90,6 +92,8 @@ if images is not None:
             pictures.image(dominant_token_image(images[index], first[index], config.covered_region()),
                            caption="each patch coloured by the token that weights it most", width=200)
             sheets += rows
+        else:
+            pictures.image(enlarge(images[index]), caption="the image the model was given", width=200)
     if sheets:
         buffer = io.BytesIO()
         stack_rows(sheets).save(buffer, format="PNG")

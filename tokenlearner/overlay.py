@@ -29,12 +29,18 @@ def normalise(token_map: np.ndarray) -> np.ndarray:
     return (token_map - low) / (high - low) if high > low else np.zeros_like(token_map, dtype=np.float64)
 
 
+def enlarge(image: np.ndarray, scale: int = 8) -> Image.Image:
+    """`image` (H, W, 3), each pixel a `scale` x `scale` block, so a 32x32 image stays sharp on screen."""
+    return Image.fromarray(np.asarray(image, np.uint8)).resize(
+        (image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST)
+
+
 def overlay(image: np.ndarray, token_map: np.ndarray, region: tuple[float, float, float, float],
             scale: int = 8, opacity: float = 0.5, colormap: str = "viridis") -> Image.Image:
     """`image` (H, W, 3) enlarged `scale` times, with `token_map` (h, w) upsampled over the
     `region` (top, left, bottom, right as fractions of the side) that the patches cover."""
-    height, width = image.shape[0] * scale, image.shape[1] * scale
-    base = Image.fromarray(np.asarray(image, np.uint8)).resize((width, height), Image.Resampling.NEAREST)
+    base = enlarge(image, scale)
+    height, width = base.height, base.width
     top, left, bottom, right = (round(region[0] * height), round(region[1] * width),
                                 round(region[2] * height), round(region[3] * width))
     heat = Image.fromarray(colorize(normalise(token_map), colormap)).resize(
@@ -72,8 +78,8 @@ def dominant_token_image(image: np.ndarray, maps: np.ndarray, region: tuple[floa
     """The image with each patch coloured by the token whose map weights it most."""
     owner = np.argmax(maps, axis=0)
     palette = _palette(len(maps))
-    height, width = image.shape[0] * scale, image.shape[1] * scale
-    base = Image.fromarray(np.asarray(image, np.uint8)).resize((width, height), Image.Resampling.NEAREST)
+    base = enlarge(image, scale)
+    height, width = base.height, base.width
     top, left, bottom, right = (round(region[0] * height), round(region[1] * width),
                                 round(region[2] * height), round(region[3] * width))
     colours = Image.fromarray(palette[owner]).resize((right - left, bottom - top), Image.Resampling.NEAREST)
