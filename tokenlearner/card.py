@@ -187,6 +187,18 @@ def write_half_precision_copy(source: Path, destination: Path) -> None:
             copy.writestr(entry, content)
 
 
+def check_shippable(run_dir: str | os.PathLike, destination: str | os.PathLike) -> RunDirectory:
+    """The run `run_dir`, if it is a finished run and `destination` is free; a RunError
+    otherwise. Reads only small files, so a command can refuse before TensorFlow loads."""
+    source = RunDirectory(run_dir)
+    source.record()  # a RunError unless this is a run directory
+    if source.status().get("state") != "finished":
+        raise RunError(f"{source.path} has not finished (status: {source.status().get('state')}): ship a finished run")
+    if Path(destination).exists():
+        raise RunError(f"{destination} already exists: remove it first or choose another name")
+    return source
+
+
 def ship(run_dir: str | os.PathLike, destination: str | os.PathLike, load_data: Callable[[], Cifar10]) -> Path:
     """Copy the finished run `run_dir` to the new folder `destination` (without per-step
     files, weights stored in float16), check that the stored weights still give the test
@@ -195,12 +207,7 @@ def ship(run_dir: str | os.PathLike, destination: str | os.PathLike, load_data: 
     from tokenlearner.model import predict_with_maps
     from tokenlearner.training import Steps
 
-    source, destination = RunDirectory(run_dir), Path(destination)
-    source.record()  # a RunError unless this is a run directory
-    if source.status().get("state") != "finished":
-        raise RunError(f"{source.path} has not finished (status: {source.status().get('state')}): ship a finished run")
-    if destination.exists():
-        raise RunError(f"{destination} already exists: remove it first or choose another name")
+    source, destination = check_shippable(run_dir, destination), Path(destination)
     source.load_model()  # a RunError if its model is damaged
     data = load_data()
     summary = source.summary()

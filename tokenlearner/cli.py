@@ -237,9 +237,11 @@ def run_train(args: argparse.Namespace) -> None:
 def _open_run(path: str):
     from tokenlearner.runs import RunDirectory, RunError
 
-    import_keras_quietly()
     try:
-        model, config = RunDirectory(path).load_model()
+        run = RunDirectory(path)
+        run.record()  # refuses what is not a run directory before TensorFlow loads
+        import_keras_quietly()
+        model, config = run.load_model()
     except RunError as error:
         raise UsageError(str(error)) from None
     return model, config
@@ -361,11 +363,12 @@ def run_experiment(args: argparse.Namespace) -> None:
 
 
 def run_ship(args: argparse.Namespace) -> None:
-    from tokenlearner.card import ship
+    from tokenlearner.card import check_shippable, ship
     from tokenlearner.runs import RunError
 
-    import_keras_quietly()
     try:
+        check_shippable(args.run, Path(args.into) / args.name)
+        import_keras_quietly()
         destination = ship(args.run, Path(args.into) / args.name, lambda: _load_data(args.data_dir))
     except RunError as error:
         raise UsageError(str(error)) from None
