@@ -1,5 +1,6 @@
 """The shipped checkpoints (checkpoints/), and `ship`, which makes them from finished runs."""
 
+import functools
 import subprocess
 import sys
 import zipfile
@@ -32,6 +33,12 @@ def test_set(cifar_dir):
     return load_cifar10(cifar_dir)
 
 
+@functools.cache
+def loaded(folder):
+    """A checkpoint through the project's loader, once per module (tests only read it)."""
+    return RunDirectory(folder).load_model()
+
+
 @pytest.mark.parametrize("folder", SHIPPED, ids=lambda path: path.name)
 class TestShippedCheckpoint:
     def test_is_a_grid_entry_trained_as_the_grid_says(self, folder):
@@ -50,7 +57,7 @@ class TestShippedCheckpoint:
             assert "optimizer" not in archive.read("config.json").decode()
 
     def test_loads_with_the_project_loader_and_with_plain_keras(self, folder):
-        model, config = RunDirectory(folder).load_model()
+        model, config = loaded(folder)
         plain = keras.saving.load_model(folder / "model.keras")
         images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("float32")
         np.testing.assert_allclose(plain.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
@@ -61,13 +68,13 @@ class TestShippedCheckpoint:
         if len(test_set.test_labels) != summary["test_images"]:
             pytest.skip(f"the card's top-1 is on {summary['test_images']} test images; "
                         f"TOKENLEARNER_DATA_DIR has {len(test_set.test_labels)}")
-        model, config = RunDirectory(folder).load_model()
+        model, config = loaded(folder)
         result = Steps(model, None, config.num_classes).evaluate(test_set.test_images, test_set.test_labels)
         assert abs(result["top1"] - summary["test_top1"]) <= 0.005
         assert abs(result["top5"] - summary["test_top5"]) <= 0.005
 
     def test_maps_have_the_configured_shape_and_are_not_constant(self, folder, test_set):
-        model, config = RunDirectory(folder).load_model()
+        model, config = loaded(folder)
         _, maps = predict_with_maps(model, test_set.test_images[:8])
         if config.tokenlearner == "none":
             assert maps == {} and not (folder / PICTURE).exists()
@@ -108,6 +115,7 @@ def test_ship_copies_a_finished_run_with_its_card_and_refuses_what_it_cannot_shi
     elsewhere = tokenlearner_command("ship", str(run), "--name", "other", "--into", str(tmp_path / "zoo"),
                                      "--data-dir", str(other_data))
     assert elsewhere.returncode == 2 and "was tested on 40 images, the data given has 30" in elsewhere.stderr
+    assert len(elsewhere.stderr.strip().splitlines()) == 1, "TensorFlow's start-up notices reached stderr"
     again = tokenlearner_command("ship", str(run), "--name", "tiny", "--into", str(tmp_path / "zoo"),
                                  "--data-dir", str(data))
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
