@@ -1,3 +1,4 @@
+import itertools
 import json
 import subprocess
 import sys
@@ -114,6 +115,33 @@ def test_the_figure_plots_every_table_and_the_published_points(tmp_path):
     path = plot_accuracy_vs_macs({"keras.io recipe": rows, "our recipe": rows[:1]}, tmp_path / "figure.png", "t")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == (900, 576)
+
+
+def test_labels_of_configs_with_nearly_equal_macs_do_not_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+    from matplotlib.text import Text
+
+    from tokenlearner.experiment import _label_points
+
+    # the keras.io grid's five depth-4 TokenLearner rows sit within 2 M MACs and 1.5 points
+    points = [("v11-4-groups-8-tokens", 79.7, 34.3), ("v11-4-groups-4-tokens", 78.3, 34.2),
+              ("v11-8-groups-8-tokens", 79.5, 33.8), ("4-tokens", 78.1, 33.1), ("8-tokens", 79.8, 32.8),
+              ("no-tokenlearner", 101.5, 34.0), ("depth-8", 202.2, 27.2)]
+    figure, axes = pyplot.subplots(figsize=(7.5, 4.8), dpi=120)
+    axes.scatter([x for _, x, _ in points], [y for _, _, y in points])
+    axes.set_xlim(0, 230)
+    axes.set_ylim(25, 58)
+    _label_points(axes, points)
+    figure.canvas.draw()
+    # the text's own box (an annotation's box takes in its line to the point too)
+    boxes = {text.get_text(): Text.get_window_extent(text) for text in axes.texts}
+    assert sorted(boxes) == sorted(label for label, _, _ in points)
+    for first, second in itertools.combinations(boxes, 2):
+        assert not boxes[first].overlaps(boxes[second]), f"{first} and {second} overlap"
+    pyplot.close(figure)
 
 
 def test_the_checkpoint_grid_names_the_shipped_models():

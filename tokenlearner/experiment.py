@@ -162,6 +162,37 @@ def _pm(mean, std) -> str:
     return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
 
 
+def _label_points(axes, points: list[tuple[str, float, float]], gap: float = 9.0, near: float = 20.0) -> None:
+    """Name each (label, x, y) point: a lone point to its right; points less than `near`
+    typographic points apart on the x axis (configs of nearly equal MACs) with their labels
+    stacked `gap` points apart to the left of the group, a line to each point. Call it once
+    the axes' limits and layout are final: it places the labels in points on the page."""
+    axes.figure.canvas.draw()
+    to_points = 72 / axes.figure.dpi
+    placed = [(label, x, y, *(axes.transData.transform((x, y)) * to_points)) for label, x, y in points]
+    groups: list[list] = []
+    for point in sorted(placed, key=lambda point: point[4]):
+        group = next((group for group in groups if any(abs(point[3] - other[3]) < near for other in group)), None)
+        if group is None:
+            groups.append([point])
+        else:
+            group.append(point)
+    for group in groups:
+        if len(group) == 1:
+            label, x, y, _, _ = group[0]
+            axes.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=7)
+            continue
+        heights = []  # each label's height on the page, from the lowest point up
+        for *_, page_y in group:
+            heights.append(max(page_y, heights[-1] + gap) if heights else page_y)
+        recentre = sum(point[4] for point in group) / len(group) - sum(heights) / len(heights)
+        left = min(point[3] for point in group) - 10
+        for (label, x, y, page_x, page_y), height in zip(group, heights, strict=True):
+            axes.annotate(label, (x, y), textcoords="offset points", xytext=(left - page_x, height + recentre - page_y),
+                          fontsize=7, ha="right", va="center",
+                          arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5, "shrinkA": 1, "shrinkB": 3})
+
+
 def plot_accuracy_vs_macs(tables: dict[str, list[dict]], path: str | os.PathLike, title: str) -> Path:
     """A PNG of test top-1 (mean ± std over seeds) against MACs, one series per entry of
     `tables` (label -> `results` rows), with the published keras.io top-1 of each preset
@@ -174,25 +205,27 @@ def plot_accuracy_vs_macs(tables: dict[str, list[dict]], path: str | os.PathLike
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(7.5, 4.8), dpi=120)
-    published = {}
+    published, points = {}, []
     for (label, rows), marker in zip(tables.items(), "osD^v"):
         shown = [row for row in rows if row["top1_mean"] is not None]
         axes.errorbar([row["macs"] / 1e6 for row in shown], [row["top1_mean"] for row in shown],
                       yerr=[row["top1_std"] or 0 for row in shown], fmt=marker, capsize=3, label=label)
         for row in shown:
-            axes.annotate(row["config"], (row["macs"] / 1e6, row["top1_mean"]), textcoords="offset points",
-                          xytext=(5, 4), fontsize=7)
+            points.append((row["config"], row["macs"] / 1e6, row["top1_mean"]))
             if row["published_top1"] is not None:
                 published[row["macs"]] = row["published_top1"]
     if published:
         axes.scatter([macs / 1e6 for macs in published], list(published.values()), facecolors="none",
                      edgecolors="gray", label="keras.io, published (full CIFAR-10)")
+    # from zero, so MACs compare as ratios, and with room for the labels on both sides
+    axes.set_xlim(0, 1.15 * max([x for _, x, _ in points] + [macs / 1e6 for macs in published], default=1))
     axes.set_xlabel("multiply-accumulates per image (M)")
     axes.set_ylabel("test top-1 (%)")
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="best")
     figure.tight_layout()
+    _label_points(axes, points)  # last: it needs the final axis limits and layout
     path = Path(path)
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")
