@@ -35,14 +35,18 @@ def enlarge(image: np.ndarray, scale: int = 8) -> Image.Image:
         (image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST)
 
 
+def _pixel_box(region: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """`region` (top, left, bottom, right as fractions of the side) in pixels of an image of `size` (width, height)."""
+    width, height = size
+    return round(region[0] * height), round(region[1] * width), round(region[2] * height), round(region[3] * width)
+
+
 def overlay(image: np.ndarray, token_map: np.ndarray, region: tuple[float, float, float, float],
             scale: int = 8, opacity: float = 0.5, colormap: str = "viridis") -> Image.Image:
     """`image` (H, W, 3) enlarged `scale` times, with `token_map` (h, w) upsampled over the
     `region` (top, left, bottom, right as fractions of the side) that the patches cover."""
     base = enlarge(image, scale)
-    height, width = base.height, base.width
-    top, left, bottom, right = (round(region[0] * height), round(region[1] * width),
-                                round(region[2] * height), round(region[3] * width))
+    top, left, bottom, right = _pixel_box(region, base.size)
     heat = Image.fromarray(colorize(normalise(token_map), colormap)).resize(
         (right - left, bottom - top), Image.Resampling.BILINEAR)
     covered = base.crop((left, top, right, bottom))
@@ -79,9 +83,7 @@ def dominant_token_image(image: np.ndarray, maps: np.ndarray, region: tuple[floa
     owner = np.argmax(maps, axis=0)
     palette = _palette(len(maps))
     base = enlarge(image, scale)
-    height, width = base.height, base.width
-    top, left, bottom, right = (round(region[0] * height), round(region[1] * width),
-                                round(region[2] * height), round(region[3] * width))
+    top, left, bottom, right = _pixel_box(region, base.size)
     colours = Image.fromarray(palette[owner]).resize((right - left, bottom - top), Image.Resampling.NEAREST)
     base.paste(Image.blend(base.crop((left, top, right, bottom)), colours, opacity), (left, top))
     ImageDraw.Draw(base).rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 255))
