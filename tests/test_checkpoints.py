@@ -51,6 +51,22 @@ class TestShippedCheckpoint:
     def test_card_agrees_with_its_files(self, folder):
         assert (folder / CARD).read_text() == render_card(folder)
 
+    def test_row_in_docs_results_agrees_with_its_files(self, folder):
+        summary = RunDirectory(folder).summary()
+        link = f"| [`{folder.name}`](../checkpoints/{folder.name}/README.md) |"
+        rows = [line for line in (REPO / "docs" / "results.md").read_text().splitlines() if line.startswith(link)]
+        assert len(rows) == 1, f"docs/results.md has one row for {folder.name}"
+        expected = [
+            f"{100 * summary['test_top1']:.1f}%",
+            f"{100 * summary['test_top5']:.1f}%",
+            f"{100 * summary['best_val_top1']:.1f}% (epoch {summary['best_epoch']})",
+            f"{summary['params']:,}",
+            f"{summary['macs'] / 1e6:.2f} M",
+            f"{summary['keras_io_gflops']:.4f}",
+            f"{summary['train_seconds'] / 60:.0f} min at {summary['train_images_per_s']:.0f} images/s",
+        ]
+        assert [cell.strip() for cell in rows[0].split("|")[3:-1]] == expected
+
     def test_is_small_and_holds_no_optimizer_state(self, folder):
         assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < MAX_BYTES
         with zipfile.ZipFile(folder / "model.keras") as archive:
