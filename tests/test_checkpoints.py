@@ -13,11 +13,12 @@ from conftest import REPO
 from PIL import Image
 
 import tokenlearner  # noqa: F401  (registers the layers, as a user's `import tokenlearner` does)
-from tokenlearner.card import CARD, MAX_BYTES, PICTURE, render_card
+from tokenlearner.card import CARD, MAX_BYTES, PICTURE, check_shippable, render_card
+from tokenlearner.config import ModelConfig
 from tokenlearner.data import load_cifar10
 from tokenlearner.experiment import read_grid
 from tokenlearner.model import predict_with_maps
-from tokenlearner.runs import CHECKPOINTS_DIR, RunDirectory
+from tokenlearner.runs import CHECKPOINTS_DIR, RunDirectory, RunError
 from tokenlearner.training import Steps
 
 SHIPPED = sorted(path for path in CHECKPOINTS_DIR.iterdir() if path.is_dir()) if CHECKPOINTS_DIR.is_dir() else []
@@ -142,3 +143,11 @@ def test_ship_copies_a_finished_run_with_its_card_and_refuses_what_it_cannot_shi
     not_a_run = tokenlearner_command("ship", str(tmp_path), "--name", "other", "--into", str(tmp_path / "zoo"))
     assert not_a_run.returncode == 2 and "not a run directory" in not_a_run.stderr
     assert sorted(p.name for p in (tmp_path / "zoo").iterdir()) == ["tiny"], "a failed ship left a folder behind"
+
+
+def test_ship_refuses_a_finished_run_that_was_imported_not_trained(tmp_path):
+    imported = RunDirectory(tmp_path / "imported")  # what import-keras-io writes: a model, no training or tests
+    imported.create({"model": ModelConfig().to_dict(), "source": {"keras_io_weights": "example.weights.h5"}})
+    imported.set_status("finished")
+    with pytest.raises(RunError, match="only a run trained by `train` or `experiment` can be shipped"):
+        check_shippable(imported.path, tmp_path / "zoo" / "imported")

@@ -55,8 +55,6 @@ def render_card(directory: str | os.PathLike, name: str | None = None) -> str:
     run = RunDirectory(directory)
     name = name or run.path.name
     record, summary, epochs = run.record(), run.summary(), run.epochs()
-    if not summary or summary.get("test_top1") is None:
-        raise RunError(f"{run.path} has no test results in metrics.json: only a finished run can be shipped")
     model, recipe, data = ModelConfig.from_dict(record["model"]), TrainConfig.from_dict(record["train"]), record["data"]
     best = next(e for e in epochs if e["epoch"] == summary["best_epoch"])
     defaults = TrainConfig()
@@ -95,7 +93,7 @@ after 20 epochs on the full set).
 | parameters | {summary['params']:,} |
 | multiply-accumulates per image | {summary['macs'] / 1e6:.2f} M |
 | keras.io-convention GFLOPs | {summary['keras_io_gflops']:.4f} |
-| training time | {summary['train_seconds'] / 60:.1f} min at {summary['train_images_per_s']:.0f} training images/s |
+| training time | {_training_time(summary)} |
 
 ## Learned-token maps
 
@@ -127,6 +125,13 @@ validation images after each epoch in `maps/`.
 Load it with `RunDirectory("checkpoints/{name}").load_model()`, or with
 `keras.saving.load_model` after `import tokenlearner`.
 """
+
+
+def _training_time(summary: dict) -> str:
+    minutes = f"{summary['train_seconds'] / 60:.1f} min"
+    # A run of a single step has no step after the compiling one to time.
+    speed = summary["train_images_per_s"]
+    return f"{minutes} at {speed:.0f} training images/s" if speed else minutes
 
 
 def picture_indices(labels: np.ndarray, predicted: np.ndarray, count: int = PICTURE_IMAGES) -> list[int]:
@@ -194,6 +199,9 @@ def check_shippable(run_dir: str | os.PathLike, destination: str | os.PathLike) 
     source.record()  # a RunError unless this is a run directory
     if source.status().get("state") != "finished":
         raise RunError(f"{source.path} has not finished (status: {source.status().get('state')}): ship a finished run")
+    if (source.summary() or {}).get("test_top1") is None or "train" not in source.record():
+        raise RunError(f"{source.path} has no training record and test results: only a run trained by "
+                       "`train` or `experiment` can be shipped")
     if Path(destination).exists():
         raise RunError(f"{destination} already exists: remove it first or choose another name")
     return source
