@@ -12,13 +12,22 @@ from tokenlearner.ui import Limits, data_directory, model_controls, preset_picke
 
 st.title("Train")
 root = runs_root()
+STARTING = "Starting: loading TensorFlow and the data, then compiling the training step..."
 
 
 @st.fragment(run_every=1.0)
 def live_job():
     """Progress, curves and the latest token maps of the current (or last) job, refreshed every second."""
-    run = active_job(root) or last_job(root)
-    if run is None or not run.path.exists():
+    running = active_job(root)
+    run = running or last_job(root)
+    if run is None:
+        return
+    if not run.path.exists():
+        log = job_log(run)  # a deleted run takes its log along; a job that failed early leaves only its log
+        if running is None and log:
+            st.error(f"{run.path.name} ended before it began training:\n\n{log[-600:]}")
+        elif running is not None:
+            st.info(STARTING)
         return
     status = run.status()
     state = status.get("state", "starting")
@@ -31,8 +40,8 @@ def live_job():
                     f"{progress['steps']}, {progress['images_per_s']:.0f} images/s, ETA {progress['eta_s']:.0f} s")
         if st.button("Stop", key="train_stop"):
             run.request_stop()
-    elif state == "unknown" and active_job(root) is not None:
-        st.info("Starting: loading TensorFlow and the data, then compiling the training step...")
+    elif state == "unknown" and running is not None:
+        st.info(STARTING)
     elif state == "failed":
         st.error(status.get("error", "the job failed") + "\n\n" + job_log(run)[-600:])
     elif state in ("finished", "stopped"):

@@ -190,6 +190,32 @@ def test_train_page_runs_a_job_and_shows_it_finished(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "tiny" / "model.keras").is_file()
 
 
+def test_train_page_shows_why_a_job_ended_before_it_began_training(tmp_path, monkeypatch):
+    import time
+
+    from cifar_files import make_cifar_folder
+
+    from tokenlearner.jobs import active_job
+
+    data = make_cifar_folder(tmp_path / "cifar-10-batches-py")
+    raw = (data / "data_batch_2").read_bytes()
+    (data / "data_batch_2").write_bytes(raw[: len(raw) // 2])  # the page finds the folder; the job cannot read it
+    monkeypatch.setenv("TOKENLEARNER_DATA_DIR", str(data))
+    monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "runs"))
+    test = app().run()
+    test.switch_page("pages/train.py").run()
+    test.text_input(key="train_name").set_value("broken").run()
+    test.button(key="train_start").click().run()
+    deadline = time.time() + 60
+    while active_job(tmp_path / "runs") is not None and time.time() < deadline:
+        time.sleep(0.5)
+    test.run()
+    assert not test.exception, test.exception
+    assert not (tmp_path / "runs" / "broken").exists()
+    assert any("broken ended before it began training" in message.value and "data_batch_2 is truncated" in message.value
+               for message in test.error), [message.value for message in test.error]
+
+
 def test_home_lists_finished_runs_in_the_zoo(explorer):
     test = app().run()
     assert "No finished run yet" in test.info[0].value
