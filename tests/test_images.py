@@ -119,3 +119,13 @@ def test_predict_refuses_a_bomb_in_one_line(untrained_run, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: {path} declares 10000x10000 pixels (100 MP); the limit is 16 MP: use a smaller image"]
+
+
+def test_predict_names_an_overlay_path_it_cannot_write(untrained_run, tmp_path, capsys):
+    from tokenlearner.cli import main
+
+    path = tmp_path / "input.png"
+    path.write_bytes(INPUTS["png"])
+    assert main(["predict", str(untrained_run.path), "--image", str(path), "--overlay", str(tmp_path)]) == 2
+    assert f"error: --overlay {tmp_path} cannot be written (Is a directory)" in capsys.readouterr().err
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*")), "a temporary file was left behind"

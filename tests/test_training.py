@@ -129,10 +129,18 @@ def test_a_stop_request_ends_the_run_cleanly(how, small_cifar, tmp_path):
         (["train", "--out", "{tmp}/x", "--warmup-epochs", "30"], "warmup_epochs=30 is out of range"),
         (["evaluate", "{tmp}"], "is not a run directory (it has no config.json)"),
         (["evaluate", "{tmp}/missing"], "is not a folder"),
+        (["train", "--out", "{tmp}/x", "--data-dir", "{data}", "--num-classes", "5"],
+         "has 10 classes and the model 5: set --num-classes 10"),
+        (["train", "--out", "{tmp}/x", "--data-dir", "{data}", "--input-size", "40"],
+         "holds 32x32 images and the model takes 40x40 ones: set --input-size 32"),
+        (["train", "--out", "{tmp}/x", "--data-dir", "{data}", "--validation-fraction", "0.001"],
+         "cannot be split into non-empty training and validation parts"),
+        (["experiment", "{tmp}", "--out", "{tmp}/grid"], "cannot be read (Is a directory)"),
+        (["bench", "--steps", "0"], "argument --steps: '0' is not a positive integer"),
     ],
 )
-def test_user_errors_exit_with_one_line(args, message, tmp_path):
-    result = tokenlearner(*[arg.format(tmp=tmp_path) for arg in args])
+def test_user_errors_exit_with_one_line(args, message, small_cifar, tmp_path):
+    result = tokenlearner(*[arg.format(tmp=tmp_path, data=small_cifar) for arg in args])
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

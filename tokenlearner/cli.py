@@ -16,12 +16,18 @@ import time
 from pathlib import Path
 
 from tokenlearner.config import ModelConfig, TrainConfig
-from tokenlearner.data import DATA_ENV
+from tokenlearner.data import DATA_ENV, DataError
+from tokenlearner.images import ImageError
 from tokenlearner.presets import PRESETS, preset
+from tokenlearner.runs import RunError
 
 
 class UsageError(Exception):
     """A mistake in what the user asked for; printed as one line."""
+
+
+# What each of these says is meant for the user: main prints it as one line, as a UsageError.
+USER_ERRORS = (UsageError, DataError, ImageError, RunError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,6 +94,16 @@ def _int_list(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
 
 
 def _show(value) -> str:
@@ -211,12 +227,9 @@ class TerminalReport:
 
 
 def _load_data(data_dir: str | None):
-    from tokenlearner.data import DataError, find_data_dir, load_cifar10
+    from tokenlearner.data import find_data_dir, load_cifar10
 
-    try:
-        return load_cifar10(find_data_dir(data_dir))
-    except DataError as error:
-        raise UsageError(str(error)) from None
+    return load_cifar10(find_data_dir(data_dir))
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -235,22 +248,20 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def _open_run(path: str):
-    from tokenlearner.runs import RunDirectory, RunError
+    from tokenlearner.runs import RunDirectory
 
-    try:
-        run = RunDirectory(path)
-        run.record()  # refuses what is not a run directory before TensorFlow loads
-        import_keras_quietly()
-        model, config = run.load_model()
-    except RunError as error:
-        raise UsageError(str(error)) from None
-    return model, config
+    run = RunDirectory(path)
+    run.record()  # refuses what is not a run directory before TensorFlow loads
+    import_keras_quietly()
+    return run.load_model()
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
     model, config = _open_run(args.run)
     data = _load_data(args.data_dir)
-    from tokenlearner.training import Steps
+    from tokenlearner.training import Steps, check_data_fits
+
+    check_data_fits(config, data)
 
     result = Steps(model, None, config.num_classes).evaluate(data.test_images, data.test_labels)
     result = {"test_top1": result["top1"], "test_top5": result["top5"], "test_loss": result["loss"],
@@ -265,12 +276,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 def run_download(args: argparse.Namespace) -> None:
     import_keras_quietly()
-    from tokenlearner.data import DataError, download
+    from tokenlearner.data import download
 
-    try:
-        print(f"CIFAR-10 is in {download(args.cache_dir)}")
-    except DataError as error:
-        raise UsageError(str(error)) from None
+    print(f"CIFAR-10 is in {download(args.cache_dir)}")
 
 
 def run_bench(args: argparse.Namespace) -> None:
@@ -292,12 +300,9 @@ def run_bench(args: argparse.Namespace) -> None:
 def run_predict(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from tokenlearner.images import ImageError, read_image, to_model_input
+    from tokenlearner.images import read_image, to_model_input
 
-    try:
-        picture = to_model_input(read_image(args.image))
-    except ImageError as error:
-        raise UsageError(str(error)) from None
+    picture = to_model_input(read_image(args.image))
     model, config = _open_run(args.run)
     from tokenlearner.data import CLASS_NAMES
     from tokenlearner.model import predict_with_maps
@@ -315,8 +320,12 @@ def run_predict(args: argparse.Namespace) -> None:
             raise UsageError(f"{args.run} has no TokenLearner, so there are no token maps to overlay")
         sheet = stack_rows([overlay_grid(picture, layer_maps[0], config.covered_region())
                             for layer_maps in maps.values()])
-        with atomic_path(args.overlay) as temporary:
-            sheet.save(temporary, format="PNG")
+        try:
+            with atomic_path(args.overlay) as temporary:
+                sheet.save(temporary, format="PNG")
+        except OSError as error:
+            raise UsageError(f"--overlay {args.overlay} cannot be written ({error.strerror}): choose another path") \
+                from None
     if args.json:
         print(json.dumps({"top5": top5, "maps": {name: list(value.shape[1:]) for name, value in maps.items()}}))
         return
@@ -364,14 +373,10 @@ def run_experiment(args: argparse.Namespace) -> None:
 
 def run_ship(args: argparse.Namespace) -> None:
     from tokenlearner.card import check_shippable, ship
-    from tokenlearner.runs import RunError
 
-    try:
-        check_shippable(args.run, Path(args.into) / args.name)
-        import_keras_quietly()
-        destination = ship(args.run, Path(args.into) / args.name, lambda: _load_data(args.data_dir))
-    except RunError as error:
-        raise UsageError(str(error)) from None
+    check_shippable(args.run, Path(args.into) / args.name)
+    import_keras_quietly()
+    destination = ship(args.run, Path(args.into) / args.name, lambda: _load_data(args.data_dir))
     print(f"wrote {destination} ({sum(p.stat().st_size for p in destination.rglob('*')) / 2**20:.1f} MB)")
 
 
@@ -460,8 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_app.set_defaults(handler=run_bench_app)
 
     bench = commands.add_parser("bench", help="training images/s and inference ms/image, after warm-up")
-    bench.add_argument("--batch-size", type=int, default=256)
-    bench.add_argument("--steps", type=int, default=6, help="timed training steps")
+    bench.add_argument("--batch-size", type=_positive_int, default=256)
+    bench.add_argument("--steps", type=_positive_int, default=6, help="timed training steps")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     add_model_flags(bench)
     bench.set_defaults(handler=run_bench)
@@ -472,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except UsageError as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

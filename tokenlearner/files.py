@@ -43,10 +43,12 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """The JSON in `path`; a missing or unparsable file raises `ValueError` naming it."""
+    """The JSON in `path`; a missing, unreadable or unparsable file raises `ValueError` naming it."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"{path}: file not found") from None
+    except OSError as error:  # a folder, or a file this user may not read
+        raise ValueError(f"{path} cannot be read ({error.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON ({error})") from None

@@ -22,7 +22,7 @@ import numpy as np
 
 from tokenlearner.augment import BatchAugmentation
 from tokenlearner.config import ModelConfig, TrainConfig
-from tokenlearner.data import Cifar10, split
+from tokenlearner.data import Cifar10, DataError, split
 from tokenlearner.flops import count
 from tokenlearner.runs import RunDirectory
 
@@ -146,14 +146,27 @@ class StopFlag:
         return self.signalled or self.run.stop_requested()
 
 
+def check_data_fits(model_config: ModelConfig, data: Cifar10) -> None:
+    """A DataError unless `data` has the image size and the classes `model_config` takes."""
+    size = data.test_images.shape[1]
+    if size != model_config.input_size:
+        raise DataError(f"{data.directory} holds {size}x{size} images and the model takes {model_config.input_size}"
+                        f"x{model_config.input_size} ones: set --input-size {size}")
+    if len(data.class_names) != model_config.num_classes:
+        raise DataError(f"{data.directory} has {len(data.class_names)} classes and the model "
+                        f"{model_config.num_classes}: set --num-classes {len(data.class_names)}")
+
+
 def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, run_dir: str | Path,
           report: Report = _quiet, started: float | None = None) -> dict:
     """Train `model_config` on `data` with `train_config`, writing the run directory
     `run_dir` (which must not exist or be empty) as it goes; returns the final summary.
 
     `started` is when the caller started (for the reported first-step latency); `report`
-    receives one-line progress messages."""
+    receives one-line progress messages. Data the model cannot take, or cannot split as
+    asked, raises a DataError before anything is written."""
     started = time.time() if started is None else started
+    check_data_fits(model_config, data)
     parts = split(data, train_config.validation_fraction, train_config.seed, train_config.limit or None)
     run = RunDirectory(run_dir).create({
         "model": model_config.to_dict(),
