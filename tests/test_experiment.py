@@ -68,6 +68,20 @@ def test_a_stopped_run_ends_the_grid_and_the_next_call_resumes_it(tmp_path):
     assert (tmp_path / "out" / "tokens" / "seed_0.incomplete-1").is_dir()
 
 
+def test_a_grid_leaves_a_run_that_another_process_is_training_alone(tmp_path):
+    import os
+
+    from tokenlearner.runs import RunDirectory, RunError
+
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(GRID))
+    running = RunDirectory(tmp_path / "out" / "baseline" / "seed_0").create({})
+    running.set_status("running")  # by this process, which is alive
+    with pytest.raises(RunError, match=f"is being trained by process {os.getpid()}"):
+        run_grid(read_grid(grid), tmp_path / "out", lambda *args: pytest.fail("trained over a live run"), print)
+    assert running.status()["state"] == "running" and running.path.is_dir()
+
+
 @pytest.mark.slow
 def test_a_grid_runs_resumes_and_tabulates(tmp_path):
     data = make_cifar_folder(tmp_path / "cifar-10-batches-py", rows_per_batch=16, test_rows=20)

@@ -29,7 +29,7 @@ from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.files import atomic_path, read_json, write_text
 from tokenlearner.flops import count
 from tokenlearner.presets import PUBLISHED, preset
-from tokenlearner.runs import RunDirectory
+from tokenlearner.runs import RunDirectory, RunError
 
 BUILT_IN = Path(__file__).parent / "grids"
 
@@ -81,9 +81,13 @@ def run_grid(runs: list[GridRun], out: str | os.PathLike, train_one: Callable[[G
         directory = out / run.name / f"seed_{run.seed}"
         label = f"[{index}/{len(runs)}] {run.name} seed {run.seed}"
         if directory.exists():
-            if RunDirectory(directory).status().get("state") == "finished":
+            status = RunDirectory(directory).status()
+            if status.get("state") == "finished":
                 report(f"{label}: finished already, skipped")
                 continue
+            if status.get("state") == "running":
+                raise RunError(f"{directory} is being trained by process {status.get('pid')} (another experiment "
+                               "on the same --out?): let it finish, or stop it, then run this again")
             aside = _free_name(directory)
             directory.rename(aside)
             report(f"{label}: an unfinished run was there, moved to {aside.name}")
