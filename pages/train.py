@@ -49,8 +49,11 @@ def live_job():
         if summary.get("test_top1") is not None:
             st.success(f"Finished: test top-1 {100 * summary['test_top1']:.1f}%, top-5 "
                        f"{100 * summary['test_top5']:.1f}%. It is on the Attention page now.")
+        elif summary.get("best_epoch"):
+            st.info(f"Stopped: the weights of epoch {summary['best_epoch']}, the best so far, are saved; the "
+                    "Attention page shows them.")
         else:
-            st.info("Stopped: the best weights so far are saved; the Attention page shows them.")
+            st.info("Stopped before the first epoch was evaluated: no weights were saved.")
     epochs = run.epochs()
     if epochs:
         columns = st.columns(3)

@@ -114,11 +114,25 @@ def test_a_stop_request_ends_the_run_cleanly(how, small_cifar, tmp_path):
         process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
-    assert "stopped after" in stdout
+    assert "stopped after" in stdout and "the best so far, are in" in stdout
     assert run.status()["state"] == "stopped"
     check_every_file_parses(run)
-    assert run.summary()["stopped"] is True
-    assert len(run.epochs()) < 50
+    summary = run.summary()
+    assert summary["stopped"] is True and summary["best_val_top1"] is not None
+    assert summary["epochs_completed"] == sum(epoch["complete"] for epoch in run.epochs()) < 50
+
+
+def test_a_run_stopped_before_its_first_step_says_it_saved_nothing(small_cifar, tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    process = start_training(run.path, small_cifar, "--epochs", "5")
+    wait_for(lambda: run.status().get("state") == "running")
+    run.request_stop()  # while TensorFlow builds and traces, long before the first step ends
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "stopped after 0 complete epoch(s); no epoch was evaluated, so no weights were saved" in stdout
+    summary = run.summary()
+    assert (summary["best_epoch"], summary["best_val_top1"], summary["epochs_completed"]) == (None, None, 0)
+    assert not run.model_file.exists() and run.status()["state"] == "stopped"
 
 
 @pytest.mark.parametrize(

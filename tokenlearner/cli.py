@@ -242,7 +242,9 @@ def run_train(args: argparse.Namespace) -> None:
 
     summary = train(model, training, data, args.out, report=TerminalReport(), started=started)
     if summary["stopped"]:
-        print(f"stopped after {summary['epochs_completed']} epoch(s); the best weights so far are in {args.out}")
+        saved = (f"the weights of epoch {summary['best_epoch']}, the best so far, are in {args.out}"
+                 if summary["best_epoch"] else "no epoch was evaluated, so no weights were saved")
+        print(f"stopped after {summary['epochs_completed']} complete epoch(s); {saved}")
     else:
         print(f"wrote {args.out}: test top-1 {summary['test_top1']:.4f}, top-5 {summary['test_top5']:.4f}")
 

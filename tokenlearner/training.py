@@ -259,7 +259,9 @@ def _train(model_config, train_config, data, parts, run, stop, report, started) 
 
     summary = {
         "params": cost.params, "macs": cost.macs, "keras_io_gflops": cost.keras_io_gflops,
-        "epochs_completed": len(run.epochs()), "best_epoch": best_epoch, "best_val_top1": float(best_top1),
+        # A run stopped before its first step evaluated no epoch and saved no weights.
+        "epochs_completed": sum(epoch["complete"] for epoch in run.epochs()), "best_epoch": best_epoch or None,
+        "best_val_top1": float(best_top1) if best_epoch else None,
         "train_seconds": train_seconds, "train_images_per_s": timed_images / step_seconds if step_seconds else None,
         "first_step_s": first_step_s, "stopped": stopped, "test_top1": None, "test_top5": None, "test_loss": None,
         "test_images": len(data.test_labels),
