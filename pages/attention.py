@@ -100,7 +100,7 @@ if images is not None:
         st.download_button("Download the maps (PNG)", buffer.getvalue(), "token-maps.png", "image/png")
 
 epochs = choice.run.map_epochs()
-if len(epochs) > 1:
+if len(epochs) > 1 and config.tokenlearner != "none":  # without TokenLearner the epochs hold no maps
     st.subheader("How the maps formed during training")
     epoch = st.select_slider("after epoch", epochs, value=epochs[-1], key="attention_epoch")
     play = st.button("Play from epoch 0", key="attention_play")

@@ -506,3 +506,5 @@ def test_a_shipped_checkpoint_is_shown_on_home_and_attention(cifar_dir, tmp_path
         # per image the token maps and the dominant-token view, then the fixed images' maps after an epoch;
         # without TokenLearner just each image
         assert len(test.get("image")) == (2 if name in without_maps else 2 * 2 + 1), name
+        replay = "How the maps formed during training" in [header.value for header in test.subheader]
+        assert replay == (name not in without_maps), name
