@@ -8,7 +8,7 @@ from tokenlearner.data import CLASS_NAMES
 from tokenlearner.gallery import pick_images, showcase
 from tokenlearner.images import ImageError, read_image, to_model_input
 from tokenlearner.overlay import COLORMAPS, dominant_token_image, enlarge, overlay_grid, stack_rows
-from tokenlearner.runs import find_runs
+from tokenlearner.runs import RunError, find_runs
 from tokenlearner.ui import data_directory, load_run_model, load_test_set, run_fixed_images, test_predictions
 
 st.title("Attention")
@@ -27,7 +27,11 @@ config = choice.config
 if config.tokenlearner == "none":
     st.info("This model has no TokenLearner, so it has no token maps; its predictions are shown below.")
 model_path = str(choice.run.model_file)
-model = load_run_model(model_path, choice.run.model_file.stat().st_mtime)
+try:
+    model = load_run_model(model_path, choice.run.model_file.stat().st_mtime)
+except RunError as error:
+    st.error(f"{error}. Choose another model, or train this one again.")
+    st.stop()
 
 left, right = st.columns(2)
 opacity = left.slider("map opacity", 0.0, 1.0, 0.55, key="attention_opacity")

@@ -150,6 +150,24 @@ def test_attention_page_takes_an_upload_and_refuses_a_bomb(explorer):
     assert "declares 10000x10000 pixels" in test.error[0].value
 
 
+def test_attention_page_names_a_damaged_data_batch_and_a_damaged_model(explorer, tmp_path, monkeypatch):
+    from cifar_files import make_cifar_folder
+
+    data = make_cifar_folder(tmp_path / "damaged" / "cifar-10-batches-py")
+    raw = (data / "data_batch_2").read_bytes()
+    (data / "data_batch_2").write_bytes(raw[: len(raw) // 2])
+    monkeypatch.setenv("TOKENLEARNER_DATA_DIR", str(data))
+    test = attention_page()
+    assert not test.exception, test.exception
+    assert any("data_batch_2 is truncated or corrupt" in message.value for message in test.warning), test.warning
+
+    explorer.model_file.write_bytes(b"not a keras file")
+    test = attention_page()
+    assert not test.exception, test.exception
+    assert any("could not be loaded" in message.value and "train this one again" in message.value
+               for message in test.error), test.error
+
+
 def test_attention_page_without_runs(tmp_path, monkeypatch, no_checkpoints):
     monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "empty"))
     test = attention_page()

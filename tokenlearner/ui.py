@@ -169,14 +169,34 @@ def test_predictions(model_path: str, modified: float, directory: str):
     return probabilities.argmax(axis=1)
 
 
+@st.cache_data(max_entries=4, show_spinner="Reading CIFAR-10...")
+def _unreadable(directory: str, files: tuple) -> str | None:
+    """Why the CIFAR-10 folder `directory` cannot be read, or None. `files` (names, sizes
+    and mtimes) makes a folder whose files changed be read again."""
+    from tokenlearner.data import DataError, load_cifar10
+
+    try:
+        load_cifar10(directory)
+    except DataError as error:
+        return str(error)
+    return None
+
+
 def data_directory(key: str) -> str | None:
-    """The CIFAR-10 folder (explicit setting, $TOKENLEARNER_DATA_DIR or the Keras cache);
-    where none is found, say where it looked, offer a folder field and return None."""
-    from tokenlearner.data import DataError, find_data_dir
+    """The CIFAR-10 folder (explicit setting, $TOKENLEARNER_DATA_DIR or the Keras cache),
+    once every batch in it reads; where none is found or a batch is damaged, say so, offer a
+    folder field and return None."""
+    from tokenlearner.data import META, TEST_BATCH, TRAIN_BATCHES, DataError, find_data_dir
 
     explicit = st.session_state.get("data_dir") or None
     try:
-        return str(find_data_dir(explicit))
+        directory = find_data_dir(explicit)
+        files = tuple((name, path.stat().st_size, path.stat().st_mtime)
+                      for name in (*TRAIN_BATCHES, TEST_BATCH, META) if (path := directory / name).is_file())
+        problem = _unreadable(str(directory), files)
+        if problem:
+            raise DataError(problem)
+        return str(directory)
     except DataError as error:
         st.warning(str(error))
         typed = st.text_input("CIFAR-10 folder (cifar-10-batches-py)", key=f"{key}_data_dir_input")
