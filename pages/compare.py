@@ -36,7 +36,7 @@ st.plotly_chart(curves_overlay_figure({name: by_name[name].run.epochs() for name
 
 st.subheader("The keras.io table, beside ours")
 st.dataframe(keras_io_table(runs + find_grid_runs(), find_grid_runs(PUBLISHED_GRIDS_DIR)), hide_index=True)
-st.caption("Published: full CIFAR-10, 20 epochs, 5 runs. docs/results.md: this project's runs of the same grid "
+st.caption("Published: full CIFAR-10, 20 epochs, the mean over the published runs. docs/results.md: this project's runs of the same grid "
            "on its tenth of CIFAR-10 (4,770 training and 817 test images). Ours: the runs listed above, on the "
            "CIFAR-10 folder each was trained on; runs of `python -m tokenlearner experiment keras_io_tables` "
            "under the runs folder count too.")

@@ -485,7 +485,8 @@ def test_the_keras_io_table_sets_our_grid_means_beside_the_published_ones(tmp_pa
                                                 f"{tmp_path.name}/tables/8-tokens/seed_1"]
     rows = {row["configuration"]: row for row in keras_io_table(runs, published_runs=runs[1:2])}
     eight = rows["TokenLearner v1.0, 8 tokens"]
-    assert eight["published top-1 (%)"] == 56.55
+    assert eight["published top-1 (%)"] == 56.55 and eight["published runs"] == 5
+    assert rows["TokenLearner v1.1, 4 groups, 8 tokens"]["published runs"] == 1
     assert eight["docs/results.md, keras.io recipe (%)"] == "35.00 (1 run)"
     assert eight["ours, keras.io recipe (%)"] == "36.00 ± 1.41 (2 runs)"
     assert eight["ours, best other recipe (%)"] == f"51.00 ({tmp_path.name}/recipes/8-tokens/seed_0)"

@@ -54,6 +54,7 @@ def keras_io_table(runs: list[RunInfo], published_runs: list[RunInfo] = ()) -> l
         rows.append({
             "configuration": PUBLISHED[name].description,
             "published top-1 (%)": PUBLISHED[name].top1,
+            "published runs": PUBLISHED[name].runs,
             "docs/results.md, keras.io recipe (%)": _mean_std(_split_by_recipe(published_runs, config)[0]),
             "ours, keras.io recipe (%)": _mean_std(plain),
             "ours, best other recipe (%)": f"{100 * best.summary['test_top1']:.2f} ({best.name})" if best else "-",
