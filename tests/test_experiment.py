@@ -7,7 +7,7 @@ import pytest
 from cifar_files import make_cifar_folder
 from conftest import REPO
 
-from tokenlearner.experiment import read_grid, run_grid
+from tokenlearner.experiment import read_grid, results, run_grid
 from tokenlearner.presets import PRESETS
 
 GRID = {
@@ -66,6 +66,14 @@ def test_a_stopped_run_ends_the_grid_and_the_next_call_resumes_it(tmp_path):
     assert run_grid(runs, tmp_path / "out", lambda *args: train_one(*args, stop_at="never"), messages.append)
     assert [label.split("] ")[1] for label in trained] == ["tokens seed 0", "baseline seed 1", "tokens seed 1"]
     assert (tmp_path / "out" / "tokens" / "seed_0.incomplete-1").is_dir()
+
+
+def test_a_config_without_a_preset_is_the_keras_io_model_with_its_published_figure(tmp_path):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"configs": {"plain": {}, "deeper": {"model": {"depth": 5}}}}))
+    plain, deeper = results(read_grid(grid), tmp_path / "out")
+    assert plain["published_top1"] == 56.498 and plain["seeds"] == "0/1"
+    assert deeper["published_top1"] is None, "the figure belongs to the example's architecture only"
 
 
 def test_a_grid_leaves_a_run_that_another_process_is_training_alone(tmp_path):

@@ -14,9 +14,10 @@ import numpy as np
 
 from tokenlearner.config import ModelConfig, TrainConfig
 
+INFERENCE_REPEATS = 3
 
-def benchmark(config: ModelConfig, batch_size: int = 256, steps: int = 6, started: float | None = None,
-              inference_repeats: int = 3) -> dict:
+
+def benchmark(config: ModelConfig, batch_size: int = 256, steps: int = 6, started: float | None = None) -> dict:
     """`train_images_per_s` and `train_s_per_step` (median over `steps` steps after two
     warm-up steps), `infer_ms_per_image` (median over batches of `batch_size`) and
     `first_step_s`, the seconds from `started` (default: now) to the end of the first
@@ -37,7 +38,7 @@ def benchmark(config: ModelConfig, batch_size: int = 256, steps: int = 6, starte
     training.train_step(images, labels)
     first_step_s = time.time() - started
     step_times = _timed(lambda: training.train_step(images, labels), steps)
-    inference_times = _timed(lambda: training.eval_step(images, labels), inference_repeats)
+    inference_times = _timed(lambda: training.eval_step(images, labels), INFERENCE_REPEATS)
     step = statistics.median(step_times)
     return {
         "train_images_per_s": batch_size / step,
@@ -50,9 +51,8 @@ def benchmark(config: ModelConfig, batch_size: int = 256, steps: int = 6, starte
     }
 
 
-def _timed(function, repeats: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        function()
+def _timed(function, repeats: int) -> list[float]:
+    function()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -74,14 +74,13 @@ def top5_figure(probabilities, class_names) -> go.Figure:
     return figure
 
 
-def training_curves_figure(epochs: list[dict], metric: str, log_y: bool = False) -> go.Figure:
+def training_curves_figure(epochs: list[dict], metric: str) -> go.Figure:
     """`metric` ("loss", "top1" or "top5") per epoch, training and validation."""
     figure = go.Figure()
     x = [epoch["epoch"] for epoch in epochs]
     figure.add_scatter(name="training", x=x, y=[epoch[metric] for epoch in epochs], mode="lines+markers")
     figure.add_scatter(name="validation", x=x, y=[epoch[f"val_{metric}"] for epoch in epochs], mode="lines+markers")
-    figure.update_layout(xaxis_title="epoch", yaxis_title=metric, yaxis_type="log" if log_y else "linear",
-                         height=300, margin={"t": 30})
+    figure.update_layout(xaxis_title="epoch", yaxis_title=metric, height=300, margin={"t": 30})
     return figure
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import DATA_ENV, DataError
 from tokenlearner.images import ImageError
-from tokenlearner.presets import PRESETS, preset
+from tokenlearner.presets import DEFAULT_PRESET, PRESETS, preset
 from tokenlearner.runs import RunError
 
 
@@ -37,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (defaults: the keras.io example)")
-    group.add_argument("--preset", default="keras-io-4-tokens", choices=list(PRESETS),
+    group.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
                        help="configuration to start from; the flags below override it")
     _add_fields(group, ModelConfig)
 

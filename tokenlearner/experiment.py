@@ -28,7 +28,7 @@ from typing import Callable
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.files import atomic_path, read_json, write_text
 from tokenlearner.flops import count
-from tokenlearner.presets import PUBLISHED, preset
+from tokenlearner.presets import DEFAULT_PRESET, PUBLISHED, preset
 from tokenlearner.runs import RunDirectory, RunError
 
 BUILT_IN = Path(__file__).parent / "grids"
@@ -40,7 +40,7 @@ class GridRun:
     seed: int
     model: ModelConfig
     train: TrainConfig
-    preset: str | None
+    preset: str
 
 
 def read_grid(path: str | os.PathLike) -> list[GridRun]:
@@ -62,9 +62,10 @@ def read_grid(path: str | os.PathLike) -> list[GridRun]:
         if not isinstance(entry, dict) or set(entry) - {"preset", "model", "train"}:
             raise ValueError(f"{path}: config {name!r} may only have \"preset\", \"model\" and \"train\"")
         try:
-            model = preset(entry.get("preset", "keras-io-4-tokens")).replace(**entry.get("model", {}))
+            preset_name = entry.get("preset", DEFAULT_PRESET)
+            model = preset(preset_name).replace(**entry.get("model", {}))
             base = {**grid.get("train", {}), **entry.get("train", {})}
-            runs += [GridRun(name, seed, model, TrainConfig(**{**base, "seed": seed}), entry.get("preset"))
+            runs += [GridRun(name, seed, model, TrainConfig(**{**base, "seed": seed}), preset_name)
                      for seed in seeds]
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: config {name!r}: {error}") from None
@@ -121,7 +122,7 @@ def results(runs: list[GridRun], out: str | os.PathLike) -> list[dict]:
         top5 = [100 * s["test_top5"] for s in summaries]
         cost = count(members[0].model)
         # The published figure belongs to the preset's exact architecture only.
-        same = members[0].preset and members[0].model == preset(members[0].preset)
+        same = members[0].model == preset(members[0].preset)
         published = PUBLISHED.get(members[0].preset) if same else None
         rows.append({
             "config": name,

@@ -32,6 +32,9 @@ PRESETS: dict[str, ModelConfig] = {
     "keras-io-v11-4-groups-8-tokens": _KERAS_IO.replace(tokenlearner="v11", v11_groups=4, num_tokens=8),
 }
 
+# The keras.io example's own model: what a config starts from when no preset is named.
+DEFAULT_PRESET = "keras-io-4-tokens"
+
 # The no-TokenLearner row appears twice in the keras.io table (56.112% and 56.37%).
 PUBLISHED: dict[str, PublishedResult] = {
     "keras-io-no-tokenlearner": PublishedResult(56.24, 0.0184, 5, "no TokenLearner (56.11% and 56.37% in two rows)"),

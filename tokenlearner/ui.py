@@ -10,7 +10,7 @@ from typing import NamedTuple
 import streamlit as st
 
 from tokenlearner.config import ModelConfig, TrainConfig
-from tokenlearner.presets import PRESETS
+from tokenlearner.presets import DEFAULT_PRESET, PRESETS
 from tokenlearner.runs import RunError, find_checkpoints
 
 
@@ -54,7 +54,7 @@ def presets() -> dict[str, Preset]:
     return choices
 
 
-def preset_picker(key: str, default: str = "keras-io-4-tokens") -> Preset:
+def preset_picker(key: str, default: str = DEFAULT_PRESET) -> Preset:
     """A preset selector; choosing one resets the controls of the same `key` (the model
     knobs and the recipe) to it."""
 
