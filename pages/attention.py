@@ -4,7 +4,6 @@ import time
 import streamlit as st
 
 from tokenlearner.charts import top5_figure
-from tokenlearner.data import CLASS_NAMES
 from tokenlearner.gallery import pick_images, showcase
 from tokenlearner.images import ImageError, read_image, to_model_input
 from tokenlearner.overlay import COLORMAPS, dominant_token_image, enlarge, overlay_grid, stack_rows
@@ -39,7 +38,7 @@ colormap = right.selectbox("colour map", list(COLORMAPS), key="attention_colorma
 
 source = st.radio("images", ["CIFAR-10 test images", "my own image"], horizontal=True, key="attention_source")
 images, captions = None, []
-class_names = choice.run.record().get("data", {}).get("class_names", list(CLASS_NAMES))
+class_names = choice.run.class_names()
 if source == "my own image":
     upload = st.file_uploader("a PNG or JPEG (centre-cropped and resized to 32x32)", type=["png", "jpg", "jpeg"],
                               key="attention_upload")

@@ -1,8 +1,8 @@
 import streamlit as st
 
 from tokenlearner.charts import accuracy_cost_figure, curves_overlay_figure
-from tokenlearner.compare import delete_run, epochs_csv, keras_io_table, pareto_front, runs_table, to_csv
-from tokenlearner.runs import PUBLISHED_GRIDS_DIR, find_grid_runs, find_runs, runs_root
+from tokenlearner.compare import deletable, delete_run, epochs_csv, keras_io_table, pareto_front, runs_table, to_csv
+from tokenlearner.runs import PUBLISHED_GRIDS_DIR, find_grid_runs, find_runs
 from tokenlearner.ui import Limits
 
 st.title("Compare")
@@ -43,9 +43,7 @@ st.caption("Published: full CIFAR-10, 20 epochs, the mean over the published run
 
 if Limits.current().allow_delete:
     with st.expander("Delete a run"):
-        deletable = [run for run in runs if run.run.path.resolve().parent == runs_root().resolve()
-                     and run.state != "running"]
-        victim = st.selectbox("run", deletable, format_func=lambda run: run.name, key="compare_delete")
+        victim = st.selectbox("run", deletable(runs), format_func=lambda run: run.name, key="compare_delete")
         confirmed = st.checkbox("yes, delete it and its files for good", key="compare_delete_confirm")
         if st.button("Delete", disabled=victim is None or not confirmed, key="compare_delete_button"):
             try:

@@ -7,21 +7,20 @@ from tokenlearner.ui import model_controls, preset_picker
 st.title("FLOPs")
 st.caption("Exact, analytic counts per image at inference: nothing is trained or loaded here.")
 compared = st.radio("configurations to compare", [1, 2, 3], horizontal=True, key="flops_compared")
-configs = {}
+reports = {}
 for index, column in enumerate(st.columns(compared)):
     with column:
         config = model_controls(f"flops_{index}", preset_picker(f"flops_{index}").model, linked=index == 0)
-        report = count(config)
+        report = reports[f"config {index + 1}"] = count(config)
         st.metric("MACs", f"{report.macs / 1e6:.2f} M")
         st.metric("keras.io-convention GFLOPs", f"{report.keras_io_gflops:.5f}")
         st.metric("parameters", f"{report.params:,}")
-        configs[f"config {index + 1}"] = config
+        if index == 0:
+            first = config
 
-reports = {label: count(config) for label, config in configs.items()}
 st.subheader("Where the work is")
 st.plotly_chart(macs_breakdown_figure(reports))
 
-first = configs["config 1"]
 st.subheader("How config 1's cost moves")
 left, right = st.columns(2)
 with left:

@@ -91,7 +91,7 @@ def test_import_command_refuses_to_overwrite(tmp_path):
     (out / "keep.txt").write_text("precious")
     result = run_tokenlearner("import-keras-io", str(tmp_path / "w.weights.h5"), "--out", str(out))
     assert result.returncode == 2
-    assert "already exists and is not an empty directory" in result.stderr
+    assert "already exists and is not empty: choose a new run directory" in result.stderr
     assert (out / "keep.txt").read_text() == "precious"
 
 

@@ -19,7 +19,7 @@ from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import DATA_ENV, DataError
 from tokenlearner.images import ImageError
 from tokenlearner.presets import DEFAULT_PRESET, PRESETS, preset
-from tokenlearner.runs import RunError
+from tokenlearner.runs import RunDirectory, RunError
 
 
 class UsageError(Exception):
@@ -165,7 +165,7 @@ def run_import_keras_io(args: argparse.Namespace) -> None:
     from tokenlearner.keras_io import load_keras_io_weights
 
     config = model_config(args)
-    run = _new_run(args.out)
+    run = RunDirectory(args.out).require_new()
     probe = _read_probe(args.probe) if args.probe else None
     try:
         model = load_keras_io_weights(args.weights, config)
@@ -182,15 +182,6 @@ def run_import_keras_io(args: argparse.Namespace) -> None:
     run.save_model(model)
     run.set_status("finished")
     print(f"wrote {run.path} ({model.count_params():,} parameters)")
-
-
-def _new_run(path: str):
-    from tokenlearner.runs import RunDirectory
-
-    run = RunDirectory(path)
-    if run.path.exists() and (not run.path.is_dir() or any(run.path.iterdir())):
-        raise UsageError(f"--out {run.path} already exists and is not an empty directory: choose a new one")
-    return run
 
 
 def _read_probe(path: str):
@@ -235,7 +226,7 @@ def _load_data(data_dir: str | None):
 def run_train(args: argparse.Namespace) -> None:
     started = time.time()
     model, training = model_config(args), train_config(args)
-    _new_run(args.out)
+    RunDirectory(args.out).require_new()
     data = _load_data(args.data_dir)
     import_keras_quietly()
     from tokenlearner.training import train
@@ -250,8 +241,6 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def _open_run(path: str):
-    from tokenlearner.runs import RunDirectory
-
     run = RunDirectory(path)
     run.record()  # refuses what is not a run directory before TensorFlow loads
     import_keras_quietly()
@@ -306,11 +295,9 @@ def run_predict(args: argparse.Namespace) -> None:
 
     picture = to_model_input(read_image(args.image))
     model, config = _open_run(args.run)
-    from tokenlearner.data import CLASS_NAMES
     from tokenlearner.model import predict_with_maps
-    from tokenlearner.runs import RunDirectory
 
-    names = RunDirectory(args.run).record().get("data", {}).get("class_names", list(CLASS_NAMES))
+    names = RunDirectory(args.run).class_names()
     probabilities, maps = predict_with_maps(model, picture[None])
     ranking = np.argsort(probabilities[0])[::-1][:5]
     top5 = [{"class": names[i], "probability": float(probabilities[0][i])} for i in ranking]

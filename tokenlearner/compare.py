@@ -118,13 +118,25 @@ def epochs_csv(runs: list[RunInfo]) -> str:
     return to_csv([{"run": run.name, **epoch} for run in runs for epoch in run.run.epochs()])
 
 
+def _why_not_deletable(run: RunInfo) -> str | None:
+    if run.run.path.resolve().parent != runs_root().resolve():
+        return f"{run.name} is not in the runs folder: only trained runs can be deleted"
+    if run.run.status().get("state") == "running":
+        return f"{run.name} is still training: stop it first"
+    return None
+
+
+def deletable(runs: list[RunInfo]) -> list[RunInfo]:
+    """The runs `delete_run` would delete: trained runs in the runs folder, not training now."""
+    return [run for run in runs if _why_not_deletable(run) is None]
+
+
 def delete_run(run: RunInfo) -> None:
     """Remove a run directory from the runs folder; shipped checkpoints and running jobs are refused."""
+    problem = _why_not_deletable(run)
+    if problem:
+        raise ValueError(problem)
     path = run.run.path.resolve()
-    if path.parent != runs_root().resolve():
-        raise ValueError(f"{run.name} is not in the runs folder: only trained runs can be deleted")
-    if run.run.status().get("state") == "running":
-        raise ValueError(f"{run.name} is still training: stop it first")
     shutil.rmtree(path)
     log = path.parent / f".{path.name}.log"
     if log.exists():

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from tokenlearner.config import ModelConfig
+from tokenlearner.data import CLASS_NAMES
 from tokenlearner.files import atomic_path, read_json, write_json, write_text
 
 STATES = ("running", "finished", "stopped", "failed")
@@ -64,10 +65,15 @@ class RunDirectory:
 
     # Writing ---------------------------------------------------------------------------
 
-    def create(self, record: dict[str, Any]) -> "RunDirectory":
-        """Make the directory (it must not hold anything yet) and write config.json."""
+    def require_new(self) -> "RunDirectory":
+        """This directory, if nothing is in it yet; a RunError otherwise."""
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise RunError(f"{self.path} already exists and is not empty: choose a new run directory")
+        return self
+
+    def create(self, record: dict[str, Any]) -> "RunDirectory":
+        """Make the directory (it must not hold anything yet) and write config.json."""
+        self.require_new()
         self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.config_file, {**record, "versions": package_versions()})
         return self
@@ -132,6 +138,10 @@ class RunDirectory:
             return ModelConfig.from_dict(record["model"])
         except (TypeError, ValueError) as error:
             raise RunError(f"{self.config_file}: {error}") from None
+
+    def class_names(self) -> list[str]:
+        """The class names of the data the run was trained on (CIFAR-10's where it does not say)."""
+        return self.record().get("data", {}).get("class_names", list(CLASS_NAMES))
 
     def status(self) -> dict[str, Any]:
         """The run's status; a run whose process died without saying so reads as failed."""
