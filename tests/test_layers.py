@@ -1,5 +1,7 @@
 """Every layer, in the manner of keras-hub's layer tests: output shapes, weight counts,
-a `get_config` round trip, and a `.keras` save/load round trip with identical outputs."""
+a `get_config` round trip that holds every constructor argument, and a `.keras` save/load round trip with identical outputs."""
+
+import inspect
 
 import keras
 import numpy as np
@@ -61,8 +63,12 @@ def test_shapes_and_weight_counts(case):
 @pytest.mark.parametrize("case", list(CASES))
 def test_get_config_round_trip(case):
     layer = CASES[case][0]()
-    restored = layer.__class__.from_config(layer.get_config())
-    assert restored.get_config() == layer.get_config()
+    config = layer.get_config()
+    # A constructor argument missing from get_config would silently come back as its default.
+    arguments = set(inspect.signature(type(layer).__init__).parameters) - {"self", "kwargs"}
+    assert arguments <= set(config), f"get_config leaves out {sorted(arguments - set(config))}"
+    restored = layer.__class__.from_config(config)
+    assert restored.get_config() == config
 
 
 @pytest.mark.parametrize("case", list(CASES))
