@@ -379,10 +379,18 @@ def test_attention_page_replays_how_the_maps_formed(explorer):
     assert not test.exception, test.exception
     assert test.select_slider(key="attention_epoch").value == 2
     before = len(test.get("image"))
+
+    def frame_captions():
+        return [caption for image in test.get("image") for caption in image.captions
+                if "fixed validation images" in caption]
+
+    assert [caption.endswith("after epoch 2") for caption in frame_captions()] == [True]
     test.select_slider(key="attention_epoch").set_value(0).run()
-    test.button(key="attention_play").click().run()
+    assert [caption.endswith("after epoch 0") for caption in frame_captions()] == [True]
+    test.button(key="attention_play").click().run()  # epochs 0, 1, 2 into the same frame
     assert not test.exception, test.exception
     assert len(test.get("image")) == before
+    assert [caption.endswith("after epoch 2") for caption in frame_captions()] == [True]
 
 
 def test_a_link_beyond_the_sliders_is_clamped_to_them():
