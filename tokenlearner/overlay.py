@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-# Anchor colours of perceptually ordered colour maps, interpolated linearly.
+# Anchor colours of common colour maps, interpolated linearly (viridis, magma and gray are perceptually
+# ordered; jet is offered because many readers know it, not because it is).
 COLORMAPS = {
     "viridis": [(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)],
     "magma": [(0, 0, 4), (81, 18, 124), (183, 55, 121), (252, 137, 97), (252, 253, 191)],
