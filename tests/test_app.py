@@ -213,25 +213,25 @@ def test_train_page_shows_why_a_job_ended_before_it_began_training(tmp_path, mon
 
     from cifar_files import make_cifar_folder
 
-    from tokenlearner.jobs import active_job
+    from tokenlearner.config import TrainConfig
+    from tokenlearner.jobs import active_job, start_job
 
     data = make_cifar_folder(tmp_path / "cifar-10-batches-py")
     raw = (data / "data_batch_2").read_bytes()
-    (data / "data_batch_2").write_bytes(raw[: len(raw) // 2])  # the page finds the folder; the job cannot read it
+    (data / "data_batch_2").write_bytes(raw[: len(raw) // 2])  # damaged after the page last looked
     monkeypatch.setenv("TOKENLEARNER_DATA_DIR", str(data))
     monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "runs"))
-    test = app().run()
-    test.switch_page("pages/train.py").run()
-    test.text_input(key="train_name").set_value("broken").run()
-    test.button(key="train_start").click().run()
+    start_job(ModelConfig(), TrainConfig(), tmp_path / "runs", "broken", str(data))
     deadline = time.time() + 60
     while active_job(tmp_path / "runs") is not None and time.time() < deadline:
         time.sleep(0.5)
-    test.run()
+    test = app().run()
+    test.switch_page("pages/train.py").run()
     assert not test.exception, test.exception
     assert not (tmp_path / "runs" / "broken").exists()
     assert any("broken ended before it began training" in message.value and "data_batch_2 is truncated" in message.value
                for message in test.error), [message.value for message in test.error]
+    assert test.button(key="train_start").disabled, "the page offers no start on a folder it cannot read"
 
 
 def test_home_lists_finished_runs_in_the_zoo(explorer):
