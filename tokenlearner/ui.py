@@ -151,12 +151,27 @@ def load_run_model(model_path: str, modified: float):
     return RunDirectory(Path(model_path).parent).load_model()[0]
 
 
-@st.cache_data(max_entries=2, show_spinner="Reading CIFAR-10...")
-def load_test_set(directory: str):
-    """(images, labels, class names) of the test batch in `directory`."""
+@st.cache_resource(max_entries=1, show_spinner="Reading CIFAR-10...")
+def _read_cifar10(directory: str, versions: tuple):
     from tokenlearner.data import load_cifar10
 
-    data = load_cifar10(directory)
+    return load_cifar10(directory)
+
+
+def cifar10(directory: str):
+    """The CIFAR-10 folder `directory`, read once for each version of its files (a
+    `DataError` names a damaged batch). Shared between sessions: never change it."""
+    from tokenlearner.data import META, TEST_BATCH, TRAIN_BATCHES
+
+    folder = Path(directory)
+    versions = tuple((name, path.stat().st_size, path.stat().st_mtime)
+                     for name in (*TRAIN_BATCHES, TEST_BATCH, META) if (path := folder / name).is_file())
+    return _read_cifar10(str(folder), versions)
+
+
+def load_test_set(directory: str):
+    """(images, labels, class names) of the test batch in `directory`."""
+    data = cifar10(directory)
     return data.test_images, data.test_labels, data.class_names
 
 
@@ -169,34 +184,17 @@ def test_predictions(model_path: str, modified: float, directory: str):
     return probabilities.argmax(axis=1)
 
 
-@st.cache_data(max_entries=4, show_spinner="Reading CIFAR-10...")
-def _unreadable(directory: str, files: tuple) -> str | None:
-    """Why the CIFAR-10 folder `directory` cannot be read, or None. `files` (names, sizes
-    and mtimes) makes a folder whose files changed be read again."""
-    from tokenlearner.data import DataError, load_cifar10
-
-    try:
-        load_cifar10(directory)
-    except DataError as error:
-        return str(error)
-    return None
-
-
 def data_directory(key: str) -> str | None:
     """The CIFAR-10 folder (explicit setting, $TOKENLEARNER_DATA_DIR or the Keras cache),
     once every batch in it reads; where none is found or a batch is damaged, say so, offer a
     folder field and return None."""
-    from tokenlearner.data import META, TEST_BATCH, TRAIN_BATCHES, DataError, find_data_dir
+    from tokenlearner.data import DataError, find_data_dir
 
     explicit = st.session_state.get("data_dir") or None
     try:
-        directory = find_data_dir(explicit)
-        files = tuple((name, path.stat().st_size, path.stat().st_mtime)
-                      for name in (*TRAIN_BATCHES, TEST_BATCH, META) if (path := directory / name).is_file())
-        problem = _unreadable(str(directory), files)
-        if problem:
-            raise DataError(problem)
-        return str(directory)
+        directory = str(find_data_dir(explicit))
+        cifar10(directory)  # the pages then read it from the cache
+        return directory
     except DataError as error:
         st.warning(str(error))
         typed = st.text_input("CIFAR-10 folder (cifar-10-batches-py)", key=f"{key}_data_dir_input")
@@ -242,10 +240,9 @@ def _download_progress() -> None:
 def training_images(directory: str, indices: tuple[int, ...], labels: tuple[int, ...]):
     """The fixed images a run's maps are of, or None when the folder is not the CIFAR-10
     copy the run was trained on (see `gallery.fixed_images`)."""
-    from tokenlearner.data import load_cifar10
     from tokenlearner.gallery import fixed_images
 
-    data = load_cifar10(directory)
+    data = cifar10(directory)
     return fixed_images(data.train_images, data.train_labels, list(indices), list(labels))
 
 
