@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from tokenlearner.benchmark import ComparisonError
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import DATA_ENV, DataError
 from tokenlearner.images import ImageError
@@ -27,7 +28,7 @@ class UsageError(Exception):
 
 
 # What each of these says is meant for the user: main prints it as one line, as a UsageError.
-USER_ERRORS = (UsageError, DataError, ImageError, RunError)
+USER_ERRORS = (UsageError, DataError, ImageError, RunError, ComparisonError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -275,6 +276,9 @@ def run_download(args: argparse.Namespace) -> None:
 def run_bench(args: argparse.Namespace) -> None:
     started = time.time()
     config = model_config(args)
+    if args.reference:
+        _compare_with_reference(args, config)
+        return
     import_keras_quietly()
     from tokenlearner.benchmark import benchmark
 
@@ -286,6 +290,34 @@ def run_bench(args: argparse.Namespace) -> None:
           f"of {args.batch_size}, median of {args.steps})")
     print(f"inference: {result['infer_ms_per_image']:.3f} ms per image (batches of {args.batch_size})")
     print(f"first training step done {result['first_step_s']:.1f} s after the command started")
+
+
+def _compare_with_reference(args: argparse.Namespace, config: ModelConfig) -> None:
+    from tokenlearner.benchmark import compare_with_reference
+
+    script = Path(args.reference)
+    if not script.is_file():
+        raise UsageError(f"--reference {script}: no such file (the keras.io reference script, "
+                         "../shared/reference/keras_io_reference.py)")
+
+    def show(pair: dict) -> None:
+        print(f"reference {pair['reference_s_per_step']:.3f} s per step (it prints "
+              f"{pair['reference_printed_s_per_step']:.3f}), ours {pair['ours_s_per_step']:.3f}: "
+              f"{pair['speedup']:.2f}x; first step {pair['reference_first_step_s']:.1f} s and "
+              f"{pair['ours_first_step_s']:.1f} s after start", flush=True)
+
+    try:
+        result = compare_with_reference(script, args.data_dir, config, args.batch_size, args.steps, args.pairs,
+                                         report=lambda pair: None if args.json else show(pair))
+    except DataError:
+        raise
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"ours is {result['median_speedup']:.2f}x the reference's training throughput "
+          f"(median over pairs: {args.pairs}; batch {args.batch_size})")
 
 
 def run_predict(args: argparse.Namespace) -> None:
@@ -457,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=_positive_int, default=256)
     bench.add_argument("--steps", type=_positive_int, default=6, help="timed training steps")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--reference", metavar="SCRIPT",
+                       help="also time the keras.io reference script (keras_io_reference.py), alternating "
+                            "with ours in new processes, and print the speed-up per pair")
+    bench.add_argument("--pairs", type=_positive_int, default=3, help="reference/ours pairs with --reference")
+    bench.add_argument("--data-dir", help="a cifar-10-batches-py folder for the reference (with --reference)")
     add_model_flags(bench)
     bench.set_defaults(handler=run_bench)
     return parser

@@ -101,6 +101,30 @@ def _check_importable(config: ModelConfig) -> None:
         )
 
 
+def reference_flags(config: ModelConfig) -> list[str]:
+    """The flags of the keras.io reference script (`../shared/reference/keras_io_reference.py`)
+    that build the model `config` describes. The script varies only the token count, the
+    depth and whether there is a TokenLearner, which it puts after block depth // 2 (our
+    placement depth // 2 + 1); any other difference raises `ValueError` naming the fields."""
+    learned = config.tokenlearner != "none"
+    example = ModelConfig(
+        tokenlearner="v1" if learned else "none",
+        num_tokens=config.num_tokens,
+        depth=config.depth,
+        placement=config.depth // 2 + 1 if learned else config.placement,
+    )
+    differences = [
+        f"{name}={value!r}" for name, value in config.to_dict().items() if value != example.to_dict()[name]
+    ]
+    if differences:
+        raise ValueError(
+            f"the keras.io reference cannot build this model ({', '.join(differences)}): it varies only "
+            "--tokens, --depth and --tokenlearner none, with --placement depth//2+1"
+        )
+    flags = ["--tokens", str(config.num_tokens), "--layers", str(config.depth)]
+    return flags if learned else [*flags, "--no-tl"]
+
+
 def load_keras_io_weights(path: str | os.PathLike, config: ModelConfig):
     """Our model for `config`, with the weights of the keras.io example's model that
     `path` (its `save_weights` file) holds. A file that is not such a weights file, or

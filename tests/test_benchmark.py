@@ -1,0 +1,106 @@
+"""`bench --reference`: the keras.io reference timed batch by batch beside our bench."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import REPO
+
+from tokenlearner import ModelConfig
+from tokenlearner.keras_io import reference_flags
+
+TWO_FITS = """
+    import json, sys
+    import numpy as np, keras
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((12, 3)), np.zeros((12, 2))
+    for _ in range(2):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    print(json.dumps({"argv": sys.argv}))
+    sys.exit(int(sys.argv[1]))
+"""
+
+
+def run_module(*args):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.mark.parametrize(("config", "flags"), [
+    (ModelConfig(), ["--tokens", "4", "--layers", "4"]),
+    (ModelConfig(num_tokens=8), ["--tokens", "8", "--layers", "4"]),
+    (ModelConfig(tokenlearner="none"), ["--tokens", "4", "--layers", "4", "--no-tl"]),
+    (ModelConfig(tokenlearner="none", depth=8), ["--tokens", "4", "--layers", "8", "--no-tl"]),
+    (ModelConfig(depth=8, placement=5), ["--tokens", "4", "--layers", "8"]),
+], ids=["4-tokens", "8-tokens", "no-tokenlearner", "depth-8-no-tokenlearner", "depth-8-4-tokens"])
+def test_reference_flags_build_the_same_model(config, flags):
+    assert reference_flags(config) == flags
+
+
+@pytest.mark.parametrize(("config", "named"), [
+    (ModelConfig(tokenlearner="v11"), "tokenlearner='v11'"),
+    (ModelConfig(fuser=True), "fuser=True"),
+    (ModelConfig(depth=8), "placement=3"),
+    (ModelConfig(dim=64, mlp_units=(128, 64)), "dim=64, mlp_units=[128, 64]"),
+])
+def test_models_the_reference_cannot_build_are_refused_by_field(config, named):
+    with pytest.raises(ValueError) as refused:
+        reference_flags(config)
+    assert f"the keras.io reference cannot build this model ({named}): it varies only --tokens" in str(refused.value)
+
+
+@pytest.mark.parametrize("exit_status", [0, 3])
+def test_fit_timing_times_every_batch_of_every_fit(exit_status, tmp_path):
+    script = tmp_path / "two_fits.py"
+    script.write_text(textwrap.dedent(TWO_FITS))
+    result = run_module("tokenlearner.fit_timing", str(script), str(exit_status), "--flag")
+    assert result.returncode == exit_status, result.stderr
+    printed = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert printed[0]["argv"] == [str(script), str(exit_status), "--flag"]
+    fits = printed[-1]["fits"]
+    assert [len(fit["batch_ends_s"]) for fit in fits] == [3, 3]
+    ends = fits[0]["batch_ends_s"] + fits[1]["batch_ends_s"]
+    assert ends == sorted(ends) and ends[0] > 0
+
+
+@pytest.mark.slow
+def test_bench_times_the_reference_beside_ours(reference_script, cifar_dir):
+    result = run_module("tokenlearner", "bench", "--reference", str(reference_script), "--data-dir",
+                        str(cifar_dir), "--pairs", "1", "--steps", "2", "--batch-size", "16", "--json")
+    assert result.returncode == 0, result.stderr
+    (pair,) = json.loads(result.stdout)["pairs"]
+    assert pair["reference_s_per_step"] > 0 and pair["ours_s_per_step"] > 0
+    assert pair["speedup"] == pytest.approx(pair["reference_s_per_step"] / pair["ours_s_per_step"])
+    assert pair["reference_printed_s_per_step"] > 0
+    assert 0 < pair["reference_first_step_s"] < 300 and 0 < pair["ours_first_step_s"] < 300
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--reference", "no_such_script.py"], "--reference no_such_script.py: no such file (the keras.io "
+     "reference script, ../shared/reference/keras_io_reference.py)"),
+    (["--reference", "{script}", "--tokenlearner", "v11"], "the keras.io reference cannot build this model "
+     "(tokenlearner='v11'): it varies only --tokens, --depth and --tokenlearner none, with --placement depth//2+1"),
+    (["--reference", "{script}", "--steps", "1"], "comparing with the reference needs --steps 2 or more"),
+])
+def test_bench_reference_errors_are_one_line(args, message, tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text("")
+    args = [arg.format(script=script) for arg in args]
+    result = run_module("tokenlearner", "bench", *args, "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]
+
+
+def test_a_script_that_is_not_the_reference_is_named(tmp_path):
+    script = tmp_path / "not_the_reference.py"
+    script.write_text("print('hello')\n")
+    (tmp_path / "test_batch").write_bytes(b"")  # where the data is found; the script never reads it
+    result = run_module("tokenlearner", "bench", "--reference", str(script), "--data-dir", str(tmp_path),
+                        "--pairs", "1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {script} did not fit twice with 6 steps each: is it the keras.io reference script "
+        "(keras_io_reference.py)?")
+    assert "Traceback" not in result.stderr
