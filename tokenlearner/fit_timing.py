@@ -6,9 +6,10 @@ The last line printed is one JSON object: for each `fit`, in order, the seconds 
 command's start to the end of each of its batches (`batch_ends_s`). `bench --reference`
 uses it to time the keras.io reference step by step. The reference's own
 "steady_s_per_step" divides its second `fit`'s wall time by the steps, and that `fit`
-returns only when tf.data's autotuning thread next wakes (its period starts at 10 ms and
-doubles), that is 5.11, 10.23, 20.47 or 40.95 s after the `fit` began: with `--steps 6`
-every step time between 0.85 and 1.7 s prints 1.706 (docs/performance.md).
+usually returns only at 5.11, 10.23, 20.47 or 40.95 s after it began (10 ms x (2^k - 1):
+a wait, as its dataset iterator is torn down, for a poll whose period starts at 10 ms and
+doubles), so with `--steps 6` every step time between 0.85 and 1.7 s prints 1.706
+(docs/performance.md).
 """
 
 from __future__ import annotations
