@@ -73,9 +73,8 @@ class ComparisonError(RuntimeError):
     """The reference script, or a bench beside it, did not give its timings."""
 
 
-def compare_with_reference(script: Path, data_dir: str | None, config: ModelConfig, batch_size: int = 256,
-                           steps: int = 6, pairs: int = 3,
-                           report: Callable[[dict], None] = lambda pair: None) -> dict:
+def compare_with_reference(script: Path, data_dir: str | None, config: ModelConfig, *, batch_size: int,
+                           steps: int, pairs: int, report: Callable[[dict], None] = lambda pair: None) -> dict:
     """Alternate the keras.io reference `script` and our `bench`, each in a new process,
     `pairs` times, and give both steady seconds per step and their ratio for each pair.
 
@@ -84,11 +83,14 @@ def compare_with_reference(script: Path, data_dir: str | None, config: ModelConf
     `steady_s_per_step` it prints, which is kept as `reference_printed_s_per_step` (see
     `fit_timing` for why the two differ). `first_step_s` counts from each process's start.
     `report` is called with each pair as it is measured. The reference reads CIFAR-10 from
-    `data_dir`, found as every command finds it.
+    `data_dir`, found as every command finds it. A `ComparisonError` says what went wrong.
     """
     if steps < 2:
-        raise ValueError("comparing with the reference needs --steps 2 or more")
-    flags = reference_flags(config)
+        raise ComparisonError("comparing with the reference needs --steps 2 or more")
+    try:
+        flags = reference_flags(config)
+    except ValueError as error:
+        raise ComparisonError(str(error)) from None
     reference_command = [sys.executable, "-m", "tokenlearner.fit_timing", str(script),
                          str(find_data_dir(data_dir)), "--steps", str(steps), "--batch", str(batch_size), *flags]
     ours_command = [sys.executable, "-m", "tokenlearner", "bench", "--json", "--steps", str(steps),
@@ -97,14 +99,14 @@ def compare_with_reference(script: Path, data_dir: str | None, config: ModelConf
                     "--placement", str(config.placement)]
     measured = []
     for _ in range(pairs):
-        reference = _json_lines(_output(reference_command, "the reference"))
+        reference = _json_lines(_output(reference_command, "the reference"), "the reference")
         timed_fits = next((line["fits"] for line in reference if "fits" in line), [])
         printed = next((line["steady_s_per_step"] for line in reference if "steady_s_per_step" in line), None)
         if printed is None or len(timed_fits) < 2 or len(timed_fits[1]["batch_ends_s"]) < 2:
             raise ComparisonError(f"{script} did not fit twice with {steps} steps each: is it the keras.io "
                                  "reference script (keras_io_reference.py)?")
         ends = timed_fits[1]["batch_ends_s"]
-        ours = _json_lines(_output(ours_command, "our bench"))[-1]
+        ours = _json_lines(_output(ours_command, "our bench"), "our bench")[-1]
         pair = {
             "reference_s_per_step": statistics.median(b - a for a, b in zip(ends, ends[1:])),
             "reference_printed_s_per_step": printed,
@@ -127,7 +129,7 @@ def _output(command: list[str], what: str) -> str:
     return finished.stdout
 
 
-def _json_lines(output: str) -> list[dict]:
+def _json_lines(output: str, what: str) -> list[dict]:
     lines = []
     for line in output.splitlines():
         if line.startswith("{"):
@@ -136,5 +138,5 @@ def _json_lines(output: str) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     if not lines:
-        raise ComparisonError("no timings in the output: " + (output.strip().splitlines() or ["(empty)"])[-1])
+        raise ComparisonError(f"{what} printed no timings: " + (output.strip().splitlines() or ["(nothing)"])[-1])
     return lines

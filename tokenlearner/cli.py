@@ -29,6 +29,7 @@ class UsageError(Exception):
 
 # What each of these says is meant for the user: main prints it as one line, as a UsageError.
 USER_ERRORS = (UsageError, DataError, ImageError, RunError, ComparisonError)
+REFERENCE_PAIRS = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -279,6 +280,8 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.reference:
         _compare_with_reference(args, config)
         return
+    if args.pairs or args.data_dir:
+        raise UsageError("--pairs and --data-dir go with --reference (bench alone trains on random images)")
     import_keras_quietly()
     from tokenlearner.benchmark import benchmark
 
@@ -306,18 +309,14 @@ def _compare_with_reference(args: argparse.Namespace, config: ModelConfig) -> No
               f"{pair['speedup']:.2f}x; first step {pair['reference_first_step_s']:.1f} s and "
               f"{pair['ours_first_step_s']:.1f} s after start", flush=True)
 
-    try:
-        result = compare_with_reference(script, args.data_dir, config, args.batch_size, args.steps, args.pairs,
-                                         report=lambda pair: None if args.json else show(pair))
-    except DataError:
-        raise
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    pairs = args.pairs or REFERENCE_PAIRS
+    result = compare_with_reference(script, args.data_dir, config, batch_size=args.batch_size, steps=args.steps,
+                                     pairs=pairs, report=lambda pair: None if args.json else show(pair))
     if args.json:
         print(json.dumps(result))
         return
     print(f"ours is {result['median_speedup']:.2f}x the reference's training throughput "
-          f"(median over pairs: {args.pairs}; batch {args.batch_size})")
+          f"(median over pairs: {pairs}; batch {args.batch_size})")
 
 
 def run_predict(args: argparse.Namespace) -> None:
@@ -492,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--reference", metavar="SCRIPT",
                        help="also time the keras.io reference script (keras_io_reference.py), alternating "
                             "with ours in new processes, and print the speed-up per pair")
-    bench.add_argument("--pairs", type=_positive_int, default=3, help="reference/ours pairs with --reference")
+    bench.add_argument("--pairs", type=_positive_int,
+                       help=f"reference/ours pairs with --reference (default {REFERENCE_PAIRS})")
     bench.add_argument("--data-dir", help="a cifar-10-batches-py folder for the reference (with --reference)")
     add_model_flags(bench)
     bench.set_defaults(handler=run_bench)

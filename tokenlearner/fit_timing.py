@@ -4,27 +4,30 @@
 
 The last line printed is one JSON object: for each `fit`, in order, the seconds from this
 command's start to the end of each of its batches (`batch_ends_s`). `bench --reference`
-uses it to time the keras.io reference step by step. The reference's own
-"steady_s_per_step" divides its second `fit`'s wall time by the steps, and that `fit`
-usually returns only at 5.11, 10.23, 20.47 or 40.95 s after it began (10 ms x (2^k - 1):
-a wait, as its dataset iterator is torn down, for a poll whose period starts at 10 ms and
-doubles), so with `--steps 6` every step time between 0.85 and 1.7 s prints 1.706
-(docs/performance.md).
+uses it to time the keras.io reference step by step, because the reference's own
+"steady_s_per_step" (its second `fit`'s wall time over its steps) mostly measures a wait
+at the end of that `fit` (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import runpy
 import sys
 import time
+from pathlib import Path
 
 STARTED = time.perf_counter()
 
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m tokenlearner.fit_timing SCRIPT [SCRIPT ARGS...]", file=sys.stderr)
+        print("error: usage: python -m tokenlearner.fit_timing SCRIPT [SCRIPT ARGS...]", file=sys.stderr)
+        return 2
+    script, *script_args = argv
+    if not Path(script).is_file():
+        print(f"error: {script}: no such file", file=sys.stderr)
         return 2
     import keras
 
@@ -38,14 +41,18 @@ def main(argv: list[str]) -> int:
 
     fits: list[list[float]] = []
     untimed_fit = keras.Model.fit
+    signature = inspect.signature(untimed_fit)
 
-    def timed_fit(model, *args, callbacks=None, **kwargs):
+    def timed_fit(*args, **kwargs):
+        call = signature.bind(*args, **kwargs)
         fits.append([])
-        return untimed_fit(model, *args, callbacks=[*(callbacks or []), BatchClock(fits[-1])], **kwargs)
+        call.arguments["callbacks"] = [*(call.arguments.get("callbacks") or []), BatchClock(fits[-1])]
+        return untimed_fit(*call.args, **call.kwargs)
 
     keras.Model.fit = timed_fit
-    script, *script_args = argv
+    # As `python SCRIPT` would: its own folder first on the import path, its arguments.
     sys.argv = [script, *script_args]
+    sys.path.insert(0, str(Path(script).resolve().parent))
     status = 0
     try:
         runpy.run_path(script, run_name="__main__")
@@ -53,7 +60,8 @@ def main(argv: list[str]) -> int:
         if isinstance(exit_request.code, str):
             print(exit_request.code, file=sys.stderr)
         status = exit_request.code if isinstance(exit_request.code, int) else int(exit_request.code is not None)
-    print(json.dumps({"fits": [{"batch_ends_s": ends} for ends in fits]}), flush=True)
+    finally:
+        print(json.dumps({"fits": [{"batch_ends_s": ends} for ends in fits]}), flush=True)
     return status
 
 

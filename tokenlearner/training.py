@@ -74,7 +74,7 @@ class Steps:
         model, optimizer = self.model, self.optimizer
         if optimizer is not None:
             # Slots made inside the first trace make tf.function trace the whole step a
-            # second time: building them here cuts 3 s from the wait for the first step.
+            # second time, seconds more before the first step (docs/performance.md).
             optimizer.build(model.trainable_variables)
         augment = BatchAugmentation(self.recipe) if BatchAugmentation.wanted(self.recipe) else None
         loss_function = keras.losses.CategoricalCrossentropy(label_smoothing=self.recipe.label_smoothing,
