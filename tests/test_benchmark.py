@@ -30,17 +30,7 @@ def run_module(*args):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO)
 
 
-@pytest.mark.parametrize(("config", "flags"), [
-    (ModelConfig(), ["--tokens", "4", "--layers", "4"]),
-    (ModelConfig(num_tokens=8), ["--tokens", "8", "--layers", "4"]),
-    (ModelConfig(tokenlearner="none"), ["--tokens", "4", "--layers", "4", "--no-tl"]),
-    (ModelConfig(tokenlearner="none", depth=8), ["--tokens", "4", "--layers", "8", "--no-tl"]),
-    (ModelConfig(depth=8, placement=5), ["--tokens", "4", "--layers", "8"]),
-], ids=["4-tokens", "8-tokens", "no-tokenlearner", "depth-8-no-tokenlearner", "depth-8-4-tokens"])
-def test_reference_flags_build_the_same_model(config, flags):
-    assert reference_flags(config) == flags
-
-
+# That `reference_flags` builds the same model in the script: tests/test_keras_io.py.
 @pytest.mark.parametrize(("config", "named"), [
     (ModelConfig(tokenlearner="v11"), "tokenlearner='v11'"),
     (ModelConfig(fuser=True), "fuser=True"),

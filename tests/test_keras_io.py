@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 
 from tokenlearner import ModelConfig
-from tokenlearner.keras_io import keras_io_weight_map, load_keras_io_weights
+from tokenlearner.cli import build_parser, model_config
+from tokenlearner.keras_io import keras_io_weight_map, load_keras_io_weights, reference_flags
 from tokenlearner.runs import RunDirectory
 
-# reference flags -> our flags (the reference puts TokenLearner after block depth // 2)
+# our flags, and more flags for the reference (whose model flags come from `reference_flags`)
 CONFIGS = {
     "4-tokens": ((), ()),
-    "8-tokens": (("--tokens", "8"), ("--tokens", "8")),
-    "no-tokenlearner": (("--no-tl",), ("--tokenlearner", "none")),
-    "depth-8-no-tokenlearner": (("--no-tl", "--layers", "8"), ("--tokenlearner", "none", "--depth", "8")),
-    "depth-8-4-tokens": (("--layers", "8", "--seed", "5"), ("--depth", "8", "--placement", "5")),
+    "8-tokens": (("--tokens", "8"), ()),
+    "no-tokenlearner": (("--tokenlearner", "none"), ()),
+    "depth-8-no-tokenlearner": (("--tokenlearner", "none", "--depth", "8"), ()),
+    "depth-8-4-tokens": (("--depth", "8", "--placement", "5"), ("--seed", "5")),
 }
 PUBLISHED_PARAMS = {"4-tokens": 1_349_946, "8-tokens": 1_355_850, "no-tokenlearner": 1_344_650,
                     "depth-8-no-tokenlearner": 2_665_610}
@@ -32,11 +33,12 @@ def run_tokenlearner(*args):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_imported_weights_reproduce_the_reference(name, reference_script, cifar_dir, tmp_path):
-    reference_flags, our_flags = CONFIGS[name]
+    our_flags, more_reference_flags = CONFIGS[name]
+    config = model_config(build_parser().parse_args(["bench", *our_flags]))
     weights, probe = tmp_path / "example.weights.h5", tmp_path / "probe.npz"
     reference = subprocess.run(
-        [sys.executable, str(reference_script), str(cifar_dir), "--params-only", *reference_flags,
-         "--save-weights", str(weights), "--probe", str(probe)],
+        [sys.executable, str(reference_script), str(cifar_dir), "--params-only", *reference_flags(config),
+         *more_reference_flags, "--save-weights", str(weights), "--probe", str(probe)],
         capture_output=True, text=True, cwd=reference_script.parent.parent,
     )
     assert reference.returncode == 0, reference.stderr[-2000:]

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tokenlearner.benchmark import ComparisonError
+from tokenlearner.benchmark import ComparisonError, benchmark, compare_with_reference
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import DATA_ENV, DataError
 from tokenlearner.images import ImageError
@@ -283,8 +283,6 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.pairs or args.data_dir:
         raise UsageError("--pairs and --data-dir go with --reference (bench alone trains on random images)")
     import_keras_quietly()
-    from tokenlearner.benchmark import benchmark
-
     result = benchmark(config, args.batch_size, args.steps, started)
     if args.json:
         print(json.dumps(result))
@@ -296,8 +294,6 @@ def run_bench(args: argparse.Namespace) -> None:
 
 
 def _compare_with_reference(args: argparse.Namespace, config: ModelConfig) -> None:
-    from tokenlearner.benchmark import compare_with_reference
-
     script = Path(args.reference)
     if not script.is_file():
         raise UsageError(f"--reference {script}: no such file (the keras.io reference script, "
