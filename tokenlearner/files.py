@@ -5,12 +5,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def _new_file_beside(path: Path) -> Path:
+    """An empty file with a fresh hidden name beside `path`. It is created with mode 0666
+    so that the kernel applies the umask as for any new file; `tempfile.mkstemp` would make
+    it 0600, and reading the umask means setting it process-wide for a moment, which
+    another thread writing a file at that moment would see."""
+    while True:
+        candidate = path.with_name(f".{path.stem}.{secrets.token_hex(6)}{path.suffix}")
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return candidate
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -19,13 +30,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     replaces `path` in one rename, on failure it is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(handle)
+    temporary = _new_file_beside(path)
     try:
-        yield Path(temporary)
+        yield temporary
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual mode
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
