@@ -81,8 +81,10 @@ def test_one_epoch_writes_a_complete_run_that_evaluate_reads(small_cifar, tmp_pa
     evaluated = tokenlearner("evaluate", str(run.path), "--data-dir", str(small_cifar), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout)
-    assert result["test_top1"] == pytest.approx(summary["test_top1"])
-    assert np.asarray(result["confusion"]).sum() == 50
+    for key in ("test_top1", "test_top5", "test_loss"):  # the names metrics.json uses
+        assert result[key] == pytest.approx(summary[key]), key
+    assert result["test_confusion"] == summary["test_confusion"]
+    assert np.asarray(result["test_confusion"]).sum() == 50
 
     again = tokenlearner("train", "--out", str(tmp_path / "again"), "--data-dir", str(small_cifar), *flags)
     assert again.returncode == 0, again.stderr

@@ -259,7 +259,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     result = Steps(model, None, config.num_classes).evaluate(data.test_images, data.test_labels)
     result = {"test_top1": result["top1"], "test_top5": result["top5"], "test_loss": result["loss"],
               "test_images": len(data.test_labels), "class_names": list(data.class_names),
-              "confusion": result["confusion"]}
+              "test_confusion": result["confusion"]}
     if args.json:
         print(json.dumps(result))
         return
