@@ -168,6 +168,31 @@ def test_attention_page_names_a_damaged_data_batch_and_a_damaged_model(explorer,
                for message in test.error), test.error
 
 
+def test_a_damaged_data_folder_is_read_once_until_its_files_change(explorer, tmp_path, monkeypatch):
+    import tokenlearner.data
+    from cifar_files import make_cifar_folder
+
+    data = make_cifar_folder(tmp_path / "damaged" / "cifar-10-batches-py")
+    raw = (data / "data_batch_2").read_bytes()
+    (data / "data_batch_2").write_bytes(raw[: len(raw) // 2])
+    monkeypatch.setenv("TOKENLEARNER_DATA_DIR", str(data))
+    reads = []
+    read = tokenlearner.data.load_cifar10
+    monkeypatch.setattr(tokenlearner.data, "load_cifar10", lambda directory: reads.append(directory) or read(directory))
+
+    test = attention_page()
+    test.run()
+    test.run()
+    assert any("data_batch_2 is truncated or corrupt" in message.value for message in test.warning), test.warning
+    assert len(reads) == 1
+
+    (data / "data_batch_2").write_bytes(raw)
+    test.run()
+    assert not test.exception, test.exception
+    assert not test.warning, test.warning
+    assert len(reads) == 2
+
+
 def test_attention_page_without_runs(tmp_path, monkeypatch, no_checkpoints):
     monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "empty"))
     test = attention_page()

@@ -153,20 +153,29 @@ def load_run_model(model_path: str, modified: float):
 
 @st.cache_resource(max_entries=1, show_spinner="Reading CIFAR-10...")
 def _read_cifar10(directory: str, versions: tuple):
-    from tokenlearner.data import load_cifar10
+    """The folder's data, or the message of the `DataError` reading it raised: Streamlit's
+    cache keeps no exceptions, and without the message a page that shows a damaged
+    folder's warning would read every batch again on each rerun."""
+    from tokenlearner.data import DataError, load_cifar10
 
-    return load_cifar10(directory)
+    try:
+        return load_cifar10(directory)
+    except DataError as error:
+        return str(error)
 
 
 def cifar10(directory: str):
     """The CIFAR-10 folder `directory`, read once for each version of its files (a
     `DataError` names a damaged batch). Shared between sessions: never change it."""
-    from tokenlearner.data import META, TEST_BATCH, TRAIN_BATCHES
+    from tokenlearner.data import META, TEST_BATCH, TRAIN_BATCHES, DataError
 
     folder = Path(directory)
     versions = tuple((name, path.stat().st_size, path.stat().st_mtime)
                      for name in (*TRAIN_BATCHES, TEST_BATCH, META) if (path := folder / name).is_file())
-    return _read_cifar10(str(folder), versions)
+    data = _read_cifar10(str(folder), versions)
+    if isinstance(data, str):
+        raise DataError(data)
+    return data
 
 
 def load_test_set(directory: str):
