@@ -231,8 +231,9 @@ def run_train(args: argparse.Namespace) -> None:
     RunDirectory(args.out).require_new()
     data = _load_data(args.data_dir)
     import_keras_quietly()
-    from tokenlearner.training import train
+    from tokenlearner.training import train, use_one_thread_per_op
 
+    use_one_thread_per_op()
     summary = train(model, training, data, args.out, report=TerminalReport(), started=started)
     if summary["stopped"]:
         saved = (f"the weights of epoch {summary['best_epoch']}, the best so far, are in {args.out}"
@@ -246,6 +247,9 @@ def _open_run(path: str):
     run = RunDirectory(path)
     run.record()  # refuses what is not a run directory before TensorFlow loads
     import_keras_quietly()
+    from tokenlearner.training import use_one_thread_per_op
+
+    use_one_thread_per_op()
     return run.load_model()
 
 
@@ -283,6 +287,9 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.pairs or args.data_dir:
         raise UsageError("--pairs and --data-dir go with --reference (bench alone trains on random images)")
     import_keras_quietly()
+    from tokenlearner.training import use_one_thread_per_op
+
+    use_one_thread_per_op()
     result = benchmark(config, args.batch_size, args.steps, started)
     if args.json:
         print(json.dumps(result))
@@ -364,7 +371,9 @@ def run_experiment(args: argparse.Namespace) -> None:
         import_keras_quietly()
         import keras
 
-        from tokenlearner.training import train
+        from tokenlearner.training import train, use_one_thread_per_op
+
+        use_one_thread_per_op()
 
         terminal = TerminalReport()
 

@@ -10,6 +10,7 @@ the test set is evaluated with them.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -29,6 +30,8 @@ from tokenlearner.runs import RunDirectory
 MAP_IMAGES = 8
 PROGRESS_SECONDS = 2.0
 EVAL_BATCH = 500
+# Images per chunk of a step: a chunk's activations stay in one core's L2 cache.
+CHUNK_IMAGES = 16
 
 # report(message, transient): transient messages are progress lines a terminal may overwrite.
 Report = Callable[[str, bool], None]
@@ -55,10 +58,35 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
     return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
 
 
+def use_one_thread_per_op() -> None:
+    """Run each TensorFlow op on one thread, for processes that train or evaluate with
+    `Steps`: its chunks then keep every core busy, one chunk each, where oneDNN splitting
+    every small op over the cores waits on memory and on its threads (docs/performance.md).
+    In a process where TensorFlow already runs (a test, a program that set it up itself)
+    its threads cannot change any more, and stay as they are."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(_cores())
+    except RuntimeError:
+        pass
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @dataclass
 class Steps:
     """The compiled train and evaluation steps of one model (`optimizer` may be None when
-    only `evaluate` is used). `recipe` brings label smoothing and the batch augmentations."""
+    only `evaluate` is used). `recipe` brings label smoothing and the batch augmentations.
+
+    A batch goes through the model's preprocessing whole (one random crop per batch, as in
+    the example), then through the rest of the model in chunks of `CHUNK_IMAGES`, as many
+    at once as there are cores; the train step sums the chunks' gradients. The maths is
+    the whole batch's, summed in another order: nothing in the model mixes images, and
+    each chunk draws its own dropout masks (its seed counters offset by its index)."""
 
     model: object
     optimizer: object | None
@@ -76,19 +104,49 @@ class Steps:
             # Slots made inside the first trace make tf.function trace the whole step a
             # second time, seconds more before the first step (docs/performance.md).
             optimizer.build(model.trainable_variables)
+        preprocessing = model.get_layer("preprocessing")
+        body = keras.Model(model.get_layer("patch_embedding").input, model.output)
+        weights, seed_states = body.trainable_variables, body.non_trainable_variables
+        unexpected = [state.path for state in seed_states if not state.path.endswith("seed_generator_state")]
+        if unexpected:
+            # Chunks run statelessly: any other state would not be updated.
+            raise ValueError(f"the model has non-trainable state other than dropout seeds: {unexpected}")
         augment = BatchAugmentation(self.recipe) if BatchAugmentation.wanted(self.recipe) else None
         loss_function = keras.losses.CategoricalCrossentropy(label_smoothing=self.recipe.label_smoothing,
                                                              reduction=None)
         images_spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8)
         labels_spec = tf.TensorSpec((None,), tf.int32)
+        concurrent_chunks = _cores()
 
-        def outcomes(labels, probabilities, targets=None):
-            targets = tf.one_hot(labels, self.num_classes) if targets is None else targets
+        def outcomes(labels, probabilities, targets):
             losses = loss_function(targets, probabilities)
             # Accuracy counts against the unmixed labels.
             top1 = tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), labels)
             top5 = tf.math.in_top_k(labels, probabilities, k=min(5, self.num_classes))
             return losses, tf.reduce_sum(tf.cast(top1, tf.int32)), tf.reduce_sum(tf.cast(top5, tf.int32))
+
+        def chunk_seeds(seeds, index):
+            offset = tf.stack([tf.constant(0, tf.int64), tf.cast(index, tf.int64)])
+            return [seed + offset for seed in seeds]
+
+        def over_chunks(images, chunk_function, carried):
+            """Fold `chunk_function(index, chunk, carried) -> carried` over the chunks of
+            `images`; returns the number of chunks and what is carried at the end."""
+            chunks = (tf.shape(images)[0] + CHUNK_IMAGES - 1) // CHUNK_IMAGES
+
+            def step(index, carried):
+                chunk = slice(index * CHUNK_IMAGES, (index + 1) * CHUNK_IMAGES)
+                return index + 1, chunk_function(index, chunk, carried)
+
+            _, carried = tf.while_loop(lambda index, _: index < chunks, step, (tf.constant(0), carried),
+                                       parallel_iterations=concurrent_chunks)
+            return chunks, carried
+
+        def added(totals, parts):
+            return [total + part for total, part in zip(totals, parts, strict=True)]
+
+        def zero_counts():  # summed loss, top-1 and top-5 counts
+            return [tf.constant(0.0), tf.constant(0), tf.constant(0)]
 
         # One signature with an open batch size: the last, smaller batch does not retrace.
         @tf.function(input_signature=[images_spec, labels_spec])
@@ -96,19 +154,41 @@ class Steps:
             images, targets = tf.cast(images, tf.float32), tf.one_hot(labels, self.num_classes)
             if augment is not None:
                 images, targets = augment(images, targets)
-            with tf.GradientTape() as tape:
-                probabilities = model(images, training=True)
-                losses, top1, top5 = outcomes(labels, probabilities, targets)
-                loss = tf.reduce_mean(losses)
-            gradients = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-            return tf.reduce_sum(losses), top1, top5
+            images = preprocessing(images, training=True)
+            batch = tf.cast(tf.shape(labels)[0], tf.float32)
+            values, seeds = [weight.value for weight in weights], [state.value for state in seed_states]
+
+            def chunk_step(index, chunk, totals):
+                with tf.GradientTape() as tape:
+                    tape.watch(values)
+                    probabilities, _ = body.stateless_call(values, chunk_seeds(seeds, index), images[chunk],
+                                                           training=True)
+                    losses, top1, top5 = outcomes(labels[chunk], probabilities, targets[chunk])
+                    loss = tf.reduce_sum(losses) / batch  # this chunk's share of the batch mean
+                return added(totals, [*tape.gradient(loss, values), tf.reduce_sum(losses), top1, top5])
+
+            chunks, totals = over_chunks(images, chunk_step, [tf.zeros_like(value) for value in values] + zero_counts())
+            for state in seed_states:
+                state.assign_add(tf.stack([tf.constant(0, tf.int64), tf.cast(chunks, tf.int64)]))
+            optimizer.apply_gradients(zip(totals[: len(values)], weights, strict=True))
+            return tuple(totals[len(values) :])
 
         @tf.function(input_signature=[images_spec, labels_spec])
         def eval_step(images, labels):
-            probabilities = model(tf.cast(images, tf.float32), training=False)
-            losses, top1, top5 = outcomes(labels, probabilities)
-            return tf.reduce_sum(losses), top1, top5, tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+            images = preprocessing(tf.cast(images, tf.float32), training=False)
+            targets = tf.one_hot(labels, self.num_classes)
+            values, seeds = [weight.value for weight in weights], [state.value for state in seed_states]
+
+            def chunk_step(index, chunk, carried):
+                predicted, totals = carried
+                probabilities, _ = body.stateless_call(values, seeds, images[chunk], training=False)
+                losses, top1, top5 = outcomes(labels[chunk], probabilities, targets[chunk])
+                predicted = predicted.write(index, tf.argmax(probabilities, axis=-1, output_type=tf.int32))
+                return predicted, added(totals, [tf.reduce_sum(losses), top1, top5])
+
+            predicted = tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False)
+            _, (predicted, totals) = over_chunks(images, chunk_step, (predicted, zero_counts()))
+            return (*totals, predicted.concat())
 
         self.train_step, self.eval_step = train_step, eval_step
 
