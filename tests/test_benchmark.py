@@ -63,6 +63,15 @@ def test_fit_timing_without_a_script_says_so_in_one_line(tmp_path):
     assert (result.returncode, result.stderr.strip()) == (2, f"error: {tmp_path / 'missing.py'}: no such file")
 
 
+def test_bench_prints_its_measures_as_json_with_one_thread_per_op():
+    result = run_module("tokenlearner", "bench", "--steps", "1", "--batch-size", "20", "--json")
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    assert measured["train_images_per_s"] > 0 and measured["infer_ms_per_image"] > 0
+    assert 0 < measured["first_step_s"] < 300
+    assert measured["intra_op_threads"] == 1  # what the chunked steps are made for
+
+
 @pytest.mark.slow
 def test_bench_times_the_reference_beside_ours(reference_script, cifar_dir):
     result = run_module("tokenlearner", "bench", "--reference", str(reference_script), "--data-dir",

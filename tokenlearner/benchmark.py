@@ -29,8 +29,10 @@ def benchmark(config: ModelConfig, batch_size: int = 256, steps: int = 6, starte
     """`train_images_per_s` and `train_s_per_step` (median over `steps` steps after two
     warm-up steps), `infer_ms_per_image` (median over batches of `batch_size`) and
     `first_step_s`, the seconds from `started` (default: now) to the end of the first
-    training step, tracing included."""
+    training step, tracing included; `intra_op_threads`, the threads each op ran on (0:
+    TensorFlow's default, every core)."""
     import keras
+    import tensorflow as tf
 
     from tokenlearner.model import build_model
     from tokenlearner.training import Steps, make_optimizer
@@ -56,6 +58,7 @@ def benchmark(config: ModelConfig, batch_size: int = 256, steps: int = 6, starte
         "batch_size": batch_size,
         "steps": steps,
         "step_times_s": step_times,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
     }
 
 

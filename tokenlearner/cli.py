@@ -112,23 +112,27 @@ def _show(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-def import_keras_quietly() -> None:
+def import_keras_quietly(one_thread_per_op: bool = False) -> None:
     """Import Keras (and TensorFlow) with stderr closed: TensorFlow's C++ runtime prints
     start-up notices there (oneDNN, CUDA) before any log level applies, and they would
     bury the one-line errors this command line promises. Set TF_CPP_MIN_LOG_LEVEL to
-    see TensorFlow's own logs again."""
-    if "keras" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import keras  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    see TensorFlow's own logs again. `one_thread_per_op` is for the commands that train or
+    evaluate with `Steps` (see `training.use_one_thread_per_op`)."""
+    if "keras" not in sys.modules:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            import keras  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+    if one_thread_per_op:
+        from tokenlearner.training import use_one_thread_per_op
+
+        use_one_thread_per_op()
 
 
 # flops -----------------------------------------------------------------------------------
@@ -230,10 +234,9 @@ def run_train(args: argparse.Namespace) -> None:
     model, training = model_config(args), train_config(args)
     RunDirectory(args.out).require_new()
     data = _load_data(args.data_dir)
-    import_keras_quietly()
-    from tokenlearner.training import train, use_one_thread_per_op
+    import_keras_quietly(one_thread_per_op=True)
+    from tokenlearner.training import train
 
-    use_one_thread_per_op()
     summary = train(model, training, data, args.out, report=TerminalReport(), started=started)
     if summary["stopped"]:
         saved = (f"the weights of epoch {summary['best_epoch']}, the best so far, are in {args.out}"
@@ -243,18 +246,15 @@ def run_train(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}: test top-1 {summary['test_top1']:.4f}, top-5 {summary['test_top5']:.4f}")
 
 
-def _open_run(path: str):
+def _open_run(path: str, one_thread_per_op: bool = False):
     run = RunDirectory(path)
     run.record()  # refuses what is not a run directory before TensorFlow loads
-    import_keras_quietly()
-    from tokenlearner.training import use_one_thread_per_op
-
-    use_one_thread_per_op()
+    import_keras_quietly(one_thread_per_op)
     return run.load_model()
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    model, config = _open_run(args.run)
+    model, config = _open_run(args.run, one_thread_per_op=True)
     data = _load_data(args.data_dir)
     from tokenlearner.training import Steps, check_data_fits
 
@@ -286,10 +286,7 @@ def run_bench(args: argparse.Namespace) -> None:
         return
     if args.pairs or args.data_dir:
         raise UsageError("--pairs and --data-dir go with --reference (bench alone trains on random images)")
-    import_keras_quietly()
-    from tokenlearner.training import use_one_thread_per_op
-
-    use_one_thread_per_op()
+    import_keras_quietly(one_thread_per_op=True)
     result = benchmark(config, args.batch_size, args.steps, started)
     if args.json:
         print(json.dumps(result))
@@ -368,12 +365,10 @@ def run_experiment(args: argparse.Namespace) -> None:
         raise UsageError(str(error)) from None
     if not args.table_only:
         data = _load_data(args.data_dir)
-        import_keras_quietly()
+        import_keras_quietly(one_thread_per_op=True)
         import keras
 
-        from tokenlearner.training import train, use_one_thread_per_op
-
-        use_one_thread_per_op()
+        from tokenlearner.training import train
 
         terminal = TerminalReport()
 
@@ -400,7 +395,7 @@ def run_ship(args: argparse.Namespace) -> None:
     from tokenlearner.card import check_shippable, ship
 
     check_shippable(args.run, Path(args.into) / args.name)
-    import_keras_quietly()
+    import_keras_quietly(one_thread_per_op=True)
     destination = ship(args.run, Path(args.into) / args.name, lambda: _load_data(args.data_dir))
     print(f"wrote {destination} ({sum(p.stat().st_size for p in destination.rglob('*')) / 2**20:.1f} MB)")
 

@@ -30,7 +30,7 @@ from tokenlearner.runs import RunDirectory
 MAP_IMAGES = 8
 PROGRESS_SECONDS = 2.0
 EVAL_BATCH = 500
-# Images per chunk of a step: a chunk's activations stay in one core's L2 cache.
+# Images per chunk of a step: the fastest of 8 to 32 on 2 cores (docs/performance.md).
 CHUNK_IMAGES = 16
 
 # report(message, transient): transient messages are progress lines a terminal may overwrite.
@@ -86,7 +86,8 @@ class Steps:
     the example), then through the rest of the model in chunks of `CHUNK_IMAGES`, as many
     at once as there are cores; the train step sums the chunks' gradients. The maths is
     the whole batch's, summed in another order: nothing in the model mixes images, and
-    each chunk draws its own dropout masks (its seed counters offset by its index)."""
+    the dropout seeds pass from chunk to chunk as they would from call to call, so every
+    chunk draws its own masks."""
 
     model: object
     optimizer: object | None
@@ -125,13 +126,9 @@ class Steps:
             top5 = tf.math.in_top_k(labels, probabilities, k=min(5, self.num_classes))
             return losses, tf.reduce_sum(tf.cast(top1, tf.int32)), tf.reduce_sum(tf.cast(top5, tf.int32))
 
-        def chunk_seeds(seeds, index):
-            offset = tf.stack([tf.constant(0, tf.int64), tf.cast(index, tf.int64)])
-            return [seed + offset for seed in seeds]
-
         def over_chunks(images, chunk_function, carried):
             """Fold `chunk_function(index, chunk, carried) -> carried` over the chunks of
-            `images`; returns the number of chunks and what is carried at the end."""
+            `images`; returns what is carried at the end."""
             chunks = (tf.shape(images)[0] + CHUNK_IMAGES - 1) // CHUNK_IMAGES
 
             def step(index, carried):
@@ -140,7 +137,7 @@ class Steps:
 
             _, carried = tf.while_loop(lambda index, _: index < chunks, step, (tf.constant(0), carried),
                                        parallel_iterations=concurrent_chunks)
-            return chunks, carried
+            return carried
 
         def added(totals, parts):
             return [total + part for total, part in zip(totals, parts, strict=True)]
@@ -156,20 +153,22 @@ class Steps:
                 images, targets = augment(images, targets)
             images = preprocessing(images, training=True)
             batch = tf.cast(tf.shape(labels)[0], tf.float32)
-            values, seeds = [weight.value for weight in weights], [state.value for state in seed_states]
+            values = [tf.convert_to_tensor(weight.value) for weight in weights]
 
-            def chunk_step(index, chunk, totals):
+            def chunk_step(index, chunk, carried):
+                seeds, totals = carried
                 with tf.GradientTape() as tape:
                     tape.watch(values)
-                    probabilities, _ = body.stateless_call(values, chunk_seeds(seeds, index), images[chunk],
-                                                           training=True)
+                    probabilities, seeds = body.stateless_call(values, seeds, images[chunk], training=True)
                     losses, top1, top5 = outcomes(labels[chunk], probabilities, targets[chunk])
                     loss = tf.reduce_sum(losses) / batch  # this chunk's share of the batch mean
-                return added(totals, [*tape.gradient(loss, values), tf.reduce_sum(losses), top1, top5])
+                return seeds, added(totals, [*tape.gradient(loss, values), tf.reduce_sum(losses), top1, top5])
 
-            chunks, totals = over_chunks(images, chunk_step, [tf.zeros_like(value) for value in values] + zero_counts())
-            for state in seed_states:
-                state.assign_add(tf.stack([tf.constant(0, tf.int64), tf.cast(chunks, tf.int64)]))
+            seeds = [tf.convert_to_tensor(state.value) for state in seed_states]
+            seeds, totals = over_chunks(images, chunk_step,
+                                        (seeds, [tf.zeros_like(value) for value in values] + zero_counts()))
+            for state, seed in zip(seed_states, seeds, strict=True):
+                state.assign(seed)
             optimizer.apply_gradients(zip(totals[: len(values)], weights, strict=True))
             return tuple(totals[len(values) :])
 
@@ -177,7 +176,8 @@ class Steps:
         def eval_step(images, labels):
             images = preprocessing(tf.cast(images, tf.float32), training=False)
             targets = tf.one_hot(labels, self.num_classes)
-            values, seeds = [weight.value for weight in weights], [state.value for state in seed_states]
+            values = [tf.convert_to_tensor(weight.value) for weight in weights]
+            seeds = [tf.convert_to_tensor(state.value) for state in seed_states]  # no dropout: left as they are
 
             def chunk_step(index, chunk, carried):
                 predicted, totals = carried
@@ -186,8 +186,9 @@ class Steps:
                 predicted = predicted.write(index, tf.argmax(probabilities, axis=-1, output_type=tf.int32))
                 return predicted, added(totals, [tf.reduce_sum(losses), top1, top5])
 
-            predicted = tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False)
-            _, (predicted, totals) = over_chunks(images, chunk_step, (predicted, zero_counts()))
+            predicted = tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False,
+                                       element_shape=tf.TensorShape([None]))
+            predicted, totals = over_chunks(images, chunk_step, (predicted, zero_counts()))
             return (*totals, predicted.concat())
 
         self.train_step, self.eval_step = train_step, eval_step
