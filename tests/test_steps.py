@@ -54,6 +54,33 @@ def restore(states, values):
         state.assign(value)
 
 
+def batch_of(size, num_classes=10):
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (size, 32, 32, 3), dtype=np.uint8),
+            rng.integers(0, num_classes, size, dtype=np.int32))
+
+
+def assert_gradients_close(weights, gradients):
+    # Some gradients are zero in exact arithmetic (TokenFuser's mixer bias, which a
+    # normalisation cancels): what they hold is rounding, on the scale of the largest one.
+    scale = max(float(np.abs(gradient).max()) for gradient in gradients)
+    for weight, gradient in zip(weights, gradients, strict=True):
+        np.testing.assert_allclose(weight.numpy(), np.asarray(gradient), rtol=1e-4, atol=1e-6 * scale,
+                                   err_msg=weight.path)
+
+
+def spread_predictions(model, images):
+    """Set the classifier's bias against the features every image shares, so that a fresh
+    model's classes differ between images (they would otherwise be one class for all)."""
+    features = keras.Model(model.input, model.get_layer("token_pool").output)(images.astype("float32"))
+    classifier = model.get_layer("classifier")
+    classifier.bias.assign(-np.mean(features, axis=0) @ classifier.kernel.numpy())
+
+
+def top5_count(labels, probabilities):
+    return int(tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, probabilities, 5), tf.int32)))
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_steps_in_chunks_compute_the_whole_batch(name):
     # Dropout off, so that the whole batch and the chunks see the same network; a batch
@@ -61,58 +88,56 @@ def test_steps_in_chunks_compute_the_whole_batch(name):
     config = VARIANTS[name].replace(dropout=0.0, attention_dropout=0.0)
     keras.utils.set_random_seed(0)
     model = build_model(config)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, config.num_classes, 40, dtype=np.int32)
+    images, labels = batch_of(40, config.num_classes)
     assert 2 * CHUNK_IMAGES < len(images) < 3 * CHUNK_IMAGES
-
-    seeds = [state.numpy() for state in model.non_trainable_variables]  # the crop and flip to repeat
-    probabilities, losses, gradients = whole_batch(model, images, labels, config.num_classes)
-    restore(model.non_trainable_variables, seeds)
     steps = Steps(model, GradientsAsWeights(), config.num_classes)
-    loss, top1, top5 = steps.train_step(images, labels)
-    assert float(loss) == pytest.approx(float(tf.reduce_sum(losses)), rel=1e-5)
-    assert int(top1) == int((probabilities.numpy().argmax(axis=1) == labels).sum())
-    assert int(top5) == int(tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, probabilities, 5), tf.int32)))
-    # Some gradients are zero in exact arithmetic (TokenFuser's mixer bias, which a
-    # normalisation cancels): what they hold is rounding, on the scale of the largest one.
-    scale = max(float(np.abs(gradient).max()) for gradient in gradients)
-    for weight, gradient in zip(model.trainable_variables, gradients, strict=True):
-        np.testing.assert_allclose(weight.numpy(), gradient.numpy(), rtol=1e-4, atol=1e-6 * scale,
-                                   err_msg=weight.path)
+    spread_predictions(model, images)
 
     # A tensor, not an array: Keras computes the loss of a softmax output from its logits.
     probabilities = model(images.astype("float32"), training=False)
     losses = keras.losses.categorical_crossentropy(tf.one_hot(labels, config.num_classes), probabilities)
     loss, top1, top5, predicted = steps.eval_step(images, labels)
+    classes = probabilities.numpy().argmax(axis=1)
+    assert len(np.unique(classes)) > 1, "predictions all alike would not show the chunks' order"
+    np.testing.assert_array_equal(predicted.numpy(), classes)
+    assert float(loss) == pytest.approx(float(tf.reduce_sum(losses)), rel=1e-5)
+    assert (int(top1), int(top5)) == (int((classes == labels).sum()), top5_count(labels, probabilities))
+
+    seeds = [state.numpy() for state in model.non_trainable_variables]  # the crop and flip to repeat
+    probabilities, losses, gradients = whole_batch(model, images, labels, config.num_classes)
+    restore(model.non_trainable_variables, seeds)
+    loss, top1, top5 = steps.train_step(images, labels)
     assert float(loss) == pytest.approx(float(tf.reduce_sum(losses)), rel=1e-5)
     classes = probabilities.numpy().argmax(axis=1)
-    np.testing.assert_array_equal(predicted.numpy(), classes)
-    assert int(top1) == int((classes == labels).sum())
-    assert int(top5) == int(tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, probabilities, 5), tf.int32)))
+    assert (int(top1), int(top5)) == (int((classes == labels).sum()), top5_count(labels, probabilities))
+    assert_gradients_close(model.trainable_variables, gradients)
 
 
-def test_dropout_seeds_move_on_from_chunk_to_chunk_as_from_call_to_call():
+def test_with_dropout_the_chunks_are_the_calls_keras_would_make_one_after_another():
+    # Dropout on: the chunked step must draw the masks that calling the model on each chunk
+    # in turn draws, and leave the seeds where those calls leave them.
     config = ModelConfig(dropout=0.5, attention_dropout=0.5)
     keras.utils.set_random_seed(0)
     model = build_model(config)
+    images, labels = batch_of(40)
     states = model.non_trainable_variables
-    steps = Steps(model, keras.optimizers.SGD(learning_rate=0.0), config.num_classes)
-    # Plain grey images, all alike: only the dropout masks tell them apart.
-    images = np.full((2 * CHUNK_IMAGES, 32, 32, 3), 128, dtype=np.uint8)
-    labels = np.zeros(2 * CHUNK_IMAGES, dtype=np.int32)
     start = [state.numpy() for state in states]
-    model(images[:1].astype("float32"), training=True)
-    per_call = [state.numpy() - value for state, value in zip(states, start)]
-    assert max(moved[1] for moved in per_call) == 2, "the MLP's dropout layer draws twice per call"
+
+    body = keras.Model(model.get_layer("patch_embedding").input, model.output)
+    with tf.GradientTape() as tape:
+        crops = model.get_layer("preprocessing")(tf.cast(images, tf.float32), training=True)
+        chunks = range(0, len(images), CHUNK_IMAGES)
+        probabilities = tf.concat([body(crops[at : at + CHUNK_IMAGES], training=True) for at in chunks], axis=0)
+        losses = keras.losses.categorical_crossentropy(tf.one_hot(labels, 10), probabilities)
+        loss = tf.reduce_mean(losses)
+    gradients = tape.gradient(loss, model.trainable_variables)
+    after_calls = [state.numpy() for state in states]
+    assert any((moved - first)[1] == 2 * len(chunks) for moved, first in zip(after_calls, start)), \
+        "the MLP's dropout layer draws twice per call"
 
     restore(states, start)
-    two_chunks, _, _ = steps.train_step(images, labels)
-    for state, value, call in zip(states, start, per_call):
-        chunks = 1 if state.path.startswith("preprocessing/") else 2  # the crop and flip: once a batch
-        assert list(state.numpy() - value) == list(chunks * call), state.path
-
-    # With the second chunk's masks the first's, the batch would lose exactly twice its first chunk.
-    restore(states, start)
-    one_chunk, _, _ = steps.train_step(images[:CHUNK_IMAGES], labels[:CHUNK_IMAGES])
-    assert float(two_chunks) != pytest.approx(2 * float(one_chunk), rel=1e-6)
+    chunked_loss, _, _ = Steps(model, GradientsAsWeights(), config.num_classes).train_step(images, labels)
+    for state, expected in zip(states, after_calls):
+        np.testing.assert_array_equal(state.numpy(), expected, err_msg=state.path)
+    assert float(chunked_loss) == pytest.approx(float(tf.reduce_sum(losses)), rel=1e-5)
+    assert_gradients_close(model.trainable_variables, gradients)

@@ -162,7 +162,8 @@ class Steps:
                     probabilities, seeds = body.stateless_call(values, seeds, images[chunk], training=True)
                     losses, top1, top5 = outcomes(labels[chunk], probabilities, targets[chunk])
                     loss = tf.reduce_sum(losses) / batch  # this chunk's share of the batch mean
-                return seeds, added(totals, [*tape.gradient(loss, values), tf.reduce_sum(losses), top1, top5])
+                gradients = tape.gradient(loss, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                return seeds, added(totals, [*gradients, tf.reduce_sum(losses), top1, top5])
 
             seeds = [tf.convert_to_tensor(state.value) for state in seed_states]
             seeds, totals = over_chunks(images, chunk_step,
