@@ -60,8 +60,8 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
 
 def use_one_thread_per_op() -> None:
     """Run each TensorFlow op on one thread, for processes that train or evaluate with
-    `Steps`: its chunks then keep every core busy, one chunk each, where oneDNN splitting
-    every small op over the cores waits on memory and on its threads (docs/performance.md).
+    `Steps`: its chunks then keep every core busy, one chunk each, which measured faster
+    than oneDNN splitting every op over the cores (docs/performance.md).
     In a process where TensorFlow already runs (a test, a program that set it up itself)
     its threads cannot change any more, and stay as they are."""
     import tensorflow as tf
