@@ -86,3 +86,17 @@ def test_config_import_does_not_load_tensorflow():
     code = "import sys, tokenlearner, tokenlearner.flops; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "False False"
+
+
+@pytest.mark.parametrize("model", [
+    ModelConfig(),
+    ModelConfig(tokenlearner="v11", v11_style="mlp", fuser=True, placement=1, mlp_units=(64, 128), dropout=0.0),
+    ModelConfig(depth=8, placement=0, pooling="sum", inference_crop="center"),
+], ids=["keras-io", "v11-fuser", "sum-pooling-depth-8"])
+def test_config_flags_give_back_the_configs(model):
+    from tokenlearner.cli import build_parser, config_flags, model_config, train_config
+    from tokenlearner.config import TrainConfig
+
+    train = TrainConfig(epochs=3, label_smoothing=0.1, schedule="cosine", seed=5)
+    args = build_parser().parse_args(["train", "--out", "unused", *config_flags(model, train)])
+    assert (model_config(args), train_config(args)) == (model, train)

@@ -96,10 +96,10 @@ def compare_with_reference(script: Path, data_dir: str | None, config: ModelConf
         raise ComparisonError(str(error)) from None
     reference_command = [sys.executable, "-m", "tokenlearner.fit_timing", str(script),
                          str(find_data_dir(data_dir)), "--steps", str(steps), "--batch", str(batch_size), *flags]
+    from tokenlearner.cli import config_flags
+
     ours_command = [sys.executable, "-m", "tokenlearner", "bench", "--json", "--steps", str(steps),
-                    "--batch-size", str(batch_size), "--tokenlearner", config.tokenlearner,
-                    "--tokens", str(config.num_tokens), "--depth", str(config.depth),
-                    "--placement", str(config.placement)]
+                    "--batch-size", str(batch_size), *config_flags(config)]
     measured = []
     for _ in range(pairs):
         reference = _json_lines(_output(reference_command, "the reference"), "the reference")

@@ -55,6 +55,21 @@ def flag_name(config_class, name: str) -> str:
     return field.metadata.get("flag") or "--" + name.replace("_", "-")
 
 
+def config_flags(*configs) -> list[str]:
+    """Command-line flags that set every field of these configs to its value."""
+    flags = []
+    for config in configs:
+        for name, value in config.to_dict().items():
+            flag = flag_name(type(config), name)
+            if isinstance(value, bool):
+                flags.append(flag if value else "--no-" + flag[2:])
+            elif isinstance(value, list):
+                flags += [flag, ",".join(map(str, value))]
+            else:
+                flags += [flag, str(value)]
+    return flags
+
+
 def _add_fields(group, config_class) -> None:
     for field in dataclasses.fields(config_class):
         flag = flag_name(config_class, field.name)

@@ -21,23 +21,6 @@ class JobError(RuntimeError):
     """A job cannot be started; the message says why."""
 
 
-def config_flags(model: ModelConfig, train: TrainConfig) -> list[str]:
-    """Command-line flags that make `train` use exactly these configs."""
-    from tokenlearner.cli import flag_name
-
-    flags = []
-    for config in (model, train):
-        for name, value in config.to_dict().items():
-            flag = flag_name(type(config), name)
-            if isinstance(value, bool):
-                flags.append(flag if value else "--no-" + flag[2:])
-            elif isinstance(value, list):
-                flags += [flag, ",".join(map(str, value))]
-            else:
-                flags += [flag, str(value)]
-    return flags
-
-
 # The recipe fields the Train page has controls for; a preset brings the others along.
 RECIPE_CONTROLS = ("epochs", "batch_size", "learning_rate", "seed", "limit")
 
@@ -82,6 +65,8 @@ def start_job(model: ModelConfig, train: TrainConfig, root: str | os.PathLike, n
               data_dir: str) -> RunDirectory:
     """Start `python -m tokenlearner train` for the configs in `root/name`; `JobError` if a
     job is running or the name is taken."""
+    from tokenlearner.cli import config_flags
+
     root = Path(root)
     running = active_job(root)
     if running is not None:
