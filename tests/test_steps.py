@@ -141,3 +141,15 @@ def test_with_dropout_the_chunks_are_the_calls_keras_would_make_one_after_anothe
         np.testing.assert_array_equal(state.numpy(), expected, err_msg=state.path)
     assert float(chunked_loss) == pytest.approx(float(tf.reduce_sum(losses)), rel=1e-5)
     assert_gradients_close(model.trainable_variables, gradients)
+
+
+def test_a_model_with_state_beyond_dropout_seeds_is_refused():
+    # Chunks run statelessly and would drop the updates of such state (a batch norm's statistics).
+    from tokenlearner.layers import ImagePreprocessing, PatchEmbedding
+
+    images = keras.Input((32, 32, 3))
+    tokens = PatchEmbedding(6, 16, name="patch_embedding")(ImagePreprocessing(52, 48, name="preprocessing")(images))
+    pooled = keras.layers.BatchNormalization(name="batch_norm")(keras.layers.GlobalAveragePooling1D()(tokens))
+    model = keras.Model(images, keras.layers.Dense(10, activation="softmax")(pooled))
+    with pytest.raises(ValueError, match="batch_norm/moving_mean"):
+        Steps(model, None, 10)
