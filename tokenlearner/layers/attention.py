@@ -8,8 +8,8 @@ from keras import layers, ops
 class MultiHeadSelfAttention(layers.Layer):
     """Multi-head self-attention with the maths of `keras.layers.MultiHeadAttention`
     (queries scaled by 1/sqrt(key_dim), softmax, dropout on the attention weights),
-    and the same parameter count, but with the query, key and value projections fused
-    into one Dense: one large matmul instead of three small ones.
+    and the same parameter count, but with the query, key and value projections' weights
+    held in one Dense, `qkv`, whose kernel is the three kernels side by side.
 
     Args:
         num_heads: number of heads.
@@ -40,9 +40,13 @@ class MultiHeadSelfAttention(layers.Layer):
         def split_heads(projection):  # (B, T, heads * key_dim) -> (B, heads, T, key_dim)
             return ops.transpose(ops.reshape(projection, (-1, tokens, self.num_heads, self.key_dim)), (0, 2, 1, 3))
 
-        # Splitting the last axis and moving each part's heads forward is about twice as fast
-        # on CPU as reshaping to (B, T, 3, heads, key_dim) and slicing the middle axis.
-        query, key, value = (split_heads(part) for part in ops.split(self.qkv(x), 3, axis=-1))
+        # The fused kernel is split, not its (B, T, 3 * heads * key_dim) output: three matmuls
+        # on the kernel's thirds cost less than copying the output's thirds apart and
+        # concatenating their gradients (docs/performance.md, session 10).
+        query, key, value = (
+            split_heads(ops.add(ops.matmul(x, kernel), bias))
+            for kernel, bias in zip(ops.split(self.qkv.kernel, 3, axis=-1), ops.split(self.qkv.bias, 3, axis=-1))
+        )
         query = query * (1.0 / math.sqrt(self.key_dim))
         scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))  # (B, heads, T, T)
         weights = self.attention_dropout(ops.softmax(scores, axis=-1), training=training)
