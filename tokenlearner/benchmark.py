@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from tokenlearner import native
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import find_data_dir
 from tokenlearner.keras_io import reference_flags
@@ -59,6 +60,7 @@ def benchmark(config: ModelConfig, batch_size: int = 256, steps: int = 6, starte
         "steps": steps,
         "step_times_s": step_times,
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "kernels": native.describe(),
     }
 
 

@@ -310,6 +310,7 @@ def run_bench(args: argparse.Namespace) -> None:
           f"of {args.batch_size}, median of {args.steps})")
     print(f"inference: {result['infer_ms_per_image']:.3f} ms per image (batches of {args.batch_size})")
     print(f"first training step done {result['first_step_s']:.1f} s after the command started")
+    print(f"the model ran {result['kernels']}")
 
 
 def _compare_with_reference(args: argparse.Namespace, config: ModelConfig) -> None:

@@ -10,6 +10,7 @@ from keras import layers
 
 from tokenlearner.config import ModelConfig
 from tokenlearner.layers import (
+    Dropout,
     ImagePreprocessing,
     PatchEmbedding,
     TokenFuser,
@@ -36,7 +37,7 @@ def build_model(config: ModelConfig, name: str = "tokenlearner_vit") -> keras.Mo
         config.resize_size, config.image_size, config.inference_crop, name="preprocessing"
     )(inputs)
     x = PatchEmbedding(config.patch_size, config.dim, name="patch_embedding")(x)
-    x = layers.Dropout(config.dropout, name="embedding_dropout")(x)
+    x = Dropout(config.dropout, name="embedding_dropout")(x)
     for index in range(config.depth):
         block = TransformerBlock(
             config.heads,

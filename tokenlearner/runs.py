@@ -1,7 +1,8 @@
 """Run directories: everything a training run needs to be reproduced, inspected live and
 loaded later. Shipped checkpoints use the same layout, so one loader serves both.
 
-    config.json     model config, training config, data source and size, package versions
+    config.json     model config, training config, data source and size, package versions,
+                    which dropout and GELU kernels ran
     status.json     running | finished | stopped | failed (with the error), pid, times
     progress.json   the latest step: epoch, step, images/s, ETA (rewritten every few seconds)
     metrics.jsonl   one JSON line per finished epoch

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from tokenlearner import native
 from tokenlearner.augment import BatchAugmentation
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import Cifar10, DataError, split
@@ -254,6 +255,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, r
     started = time.time() if started is None else started
     check_data_fits(model_config, data)
     parts = split(data, train_config.validation_fraction, train_config.seed, train_config.limit or None)
+    kernels = native.describe()
+    report(f"model runs {kernels}", False)
     run = RunDirectory(run_dir).create({
         "model": model_config.to_dict(),
         "train": train_config.to_dict(),
@@ -261,6 +264,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, r
                  "val_images": len(parts.val_labels), "test_images": len(data.test_labels),
                  "class_names": list(data.class_names)},
         "command": sys.argv,
+        "kernels": kernels,
     })
     run.set_status("running")
     try:

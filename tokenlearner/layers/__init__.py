@@ -1,6 +1,7 @@
 """Keras 3 layers of the mini ViT, each registered for `.keras` saving."""
 
 from tokenlearner.layers.attention import MultiHeadSelfAttention
+from tokenlearner.layers.dropout import Dropout
 from tokenlearner.layers.grouped_dense import GroupedDense
 from tokenlearner.layers.patch_embedding import PatchEmbedding
 from tokenlearner.layers.preprocessing import ImagePreprocessing
@@ -9,6 +10,7 @@ from tokenlearner.layers.token_learner import TokenLearner, TokenLearnerV11
 from tokenlearner.layers.transformer_block import TransformerBlock
 
 __all__ = [
+    "Dropout",
     "GroupedDense",
     "ImagePreprocessing",
     "MultiHeadSelfAttention",

@@ -3,6 +3,8 @@ import math
 import keras
 from keras import layers, ops
 
+from tokenlearner.layers.dropout import Dropout
+
 
 @keras.saving.register_keras_serializable(package="tokenlearner")
 class MultiHeadSelfAttention(layers.Layer):
@@ -32,7 +34,7 @@ class MultiHeadSelfAttention(layers.Layer):
         self.qkv.build(input_shape)
         self.output_projection = layers.Dense(width, name="output_projection")
         self.output_projection.build(tuple(input_shape[:-1]) + (inner,))
-        self.attention_dropout = layers.Dropout(self.dropout, name="attention_dropout")
+        self.attention_dropout = Dropout(self.dropout, name="attention_dropout")
 
     def call(self, x, training=False):
         tokens = x.shape[1]

@@ -1,6 +1,7 @@
 import keras
 from keras import layers, ops
 
+from tokenlearner import native
 from tokenlearner.layers.token_learner import _square_grid
 
 
@@ -45,7 +46,7 @@ class TokenFuser(layers.Layer):
     def call(self, tokens, original, return_maps=False):
         mixed = ops.transpose(self.tokens_norm(tokens), (0, 2, 1))  # (B, C, S)
         mixed = self.mixed_norm(ops.transpose(self.token_mixer(mixed), (0, 2, 1)))  # (B, S, C)
-        hidden = ops.gelu(self.gate_hidden(self.original_norm(original)), approximate=True)
+        hidden = native.gelu(self.gate_hidden(self.original_norm(original)))
         gate = ops.sigmoid(self.gate_output(hidden))  # (B, N, S)
         fused = ops.matmul(gate, mixed)  # (B, N, C)
         if return_maps:

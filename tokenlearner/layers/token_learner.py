@@ -11,6 +11,7 @@ import math
 import keras
 from keras import layers, ops
 
+from tokenlearner import native
 from tokenlearner.config import POOLINGS, V11_STYLES
 from tokenlearner.layers.grouped_dense import GroupedDense
 
@@ -63,7 +64,7 @@ class TokenLearner(layers.Layer):
         positions, channels = x.shape[1], x.shape[2]
         maps = ops.reshape(self.norm(x), (-1, self.grid_size, self.grid_size, channels))
         for conv in self.convs[:-1]:
-            maps = ops.gelu(conv(maps), approximate=True)
+            maps = native.gelu(conv(maps))
         maps = ops.sigmoid(self.convs[-1](maps))  # (B, h, w, S)
         maps = ops.transpose(ops.reshape(maps, (-1, positions, self.num_tokens)), (0, 2, 1))
         tokens = ops.matmul(maps, x)  # (B, S, C): the maps' weighted sums of positions
@@ -141,7 +142,7 @@ class TokenLearnerV11(layers.Layer):
             logits = self.selector(self.selector_grouped(normed))
             features = self.feature_grouped(x)
         else:
-            logits = self.selector(ops.gelu(self.selector_hidden(normed), approximate=True))
+            logits = self.selector(native.gelu(self.selector_hidden(normed)))
             features = x
         logits = ops.transpose(ops.reshape(logits, (-1, positions, self.num_tokens)), (0, 2, 1))
         maps = ops.softmax(logits, axis=-1)  # (B, S, N), each row sums to 1

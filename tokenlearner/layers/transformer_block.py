@@ -1,7 +1,9 @@
 import keras
 from keras import layers, ops
 
+from tokenlearner import native
 from tokenlearner.layers.attention import MultiHeadSelfAttention
+from tokenlearner.layers.dropout import Dropout
 
 
 @keras.saving.register_keras_serializable(package="tokenlearner")
@@ -51,13 +53,13 @@ class TransformerBlock(layers.Layer):
             dense.build(tuple(input_shape[:-1]) + (width,))
             self.mlp_dense.append(dense)
             width = units
-        self.mlp_dropout = layers.Dropout(self.dropout, name="mlp_dropout")
+        self.mlp_dropout = Dropout(self.dropout, name="mlp_dropout")
 
     def call(self, x, training=False):
         x = x + self.attention(self.attention_norm(x), training=training)
         hidden = self.mlp_norm(x)
         for dense in self.mlp_dense:
-            hidden = self.mlp_dropout(ops.gelu(dense(hidden), approximate=True), training=training)
+            hidden = self.mlp_dropout(native.gelu(dense(hidden)), training=training)
         return x + hidden
 
     def compute_output_shape(self, input_shape):

@@ -1,0 +1,155 @@
+"""The native dropout and GELU kernels against TensorFlow's and Keras' own ops: the same
+dropout masks bit for bit on every instruction set this CPU runs, the GELU and its
+gradient to float32 rounding, the model's gradients with and without them, and a clear
+fallback where they cannot be built."""
+
+import os
+import subprocess
+import sys
+import threading
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tokenlearner import native
+from tokenlearner.layers import Dropout, TransformerBlock
+
+KERNELS = native.load()
+needs_kernels = pytest.mark.skipif(KERNELS is None, reason=f"the model runs {native.describe()}")
+
+
+def _can_compile() -> bool:
+    try:
+        native._compiler()
+    except native.BuildError:
+        return False
+    return os.environ.get(native.SWITCH, "1") != "0"
+
+
+def test_kernels_are_built_where_a_compiler_is():
+    if not _can_compile():
+        pytest.skip(f"no compiler, or switched off: the model runs {native.describe()}")
+    assert KERNELS is not None, native.describe()
+    assert native.describe() == f"native dropout and GELU kernels ({KERNELS.instruction_set})"
+
+
+@pytest.fixture(params=native.INSTRUCTION_SETS)
+def instruction_set(request):
+    """Each instruction set the kernels have, where this CPU runs it."""
+    if KERNELS is None:
+        pytest.skip(f"the model runs {native.describe()}")
+    try:
+        KERNELS.library.tokenlearner_gelu(tf.zeros((1,)), instruction_set=request.param)
+    except tf.errors.InvalidArgumentError as error:
+        pytest.skip(str(error))
+    return request.param
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
+def test_dropout_masks_are_tensorflows(instruction_set, rate):
+    rng = np.random.default_rng(0)
+    for shape in [(7,), (3, 5, 13), (16, 4, 65, 65), (100_003,)]:
+        x = tf.constant(rng.normal(size=shape).astype(np.float32))
+        for seed in [(1, 2), (123_456, -7), (0, 0)]:
+            expected = tf.nn.experimental.stateless_dropout(x, rate, seed=tf.constant(seed, tf.int32))
+            key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=tf.constant(seed, tf.int32))
+            mask = KERNELS.library.tokenlearner_dropout_mask(
+                tf.shape(x), key, counter, rate=rate, scale=1 / (1 - rate), instruction_set=instruction_set)
+            np.testing.assert_array_equal(x * mask, expected, err_msg=f"shape {shape}, seed {seed}")
+
+
+def test_gelu_is_tensorflows_to_rounding(instruction_set):
+    x = tf.constant(np.concatenate([np.linspace(-20, 20, 400_001), [0.0, 1e-30, -1e-30]]).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        expected = tf.nn.gelu(x, approximate=True)
+    expected_gradient = tape.gradient(expected, x)
+    outputs = KERNELS.library.tokenlearner_gelu(x, instruction_set=instruction_set)
+    gradient = KERNELS.library.tokenlearner_gelu_grad(tf.ones_like(x), x, instruction_set=instruction_set)
+    np.testing.assert_allclose(outputs, expected, rtol=2e-7, atol=1e-6)
+    np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-6, atol=1e-5)
+    assert np.isnan(KERNELS.library.tokenlearner_gelu(tf.constant([np.nan]), instruction_set=instruction_set)[0])
+
+
+def test_gelu_gradient_is_registered():
+    x = tf.constant(np.linspace(-4, 4, 101).astype(np.float32))
+    upstream = tf.constant(np.linspace(1, 2, 101).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours, keras_gelu = native.gelu(x), keras.ops.gelu(x, approximate=True)
+    np.testing.assert_allclose(tape.gradient(ours, x, upstream), tape.gradient(keras_gelu, x, upstream),
+                               rtol=1e-6, atol=1e-5)
+
+
+def test_dropout_layer_draws_keras_masks():
+    x = tf.constant(np.random.default_rng(1).normal(size=(4, 65, 256)).astype(np.float32))
+    ours, theirs = Dropout(0.1, seed=3), keras.layers.Dropout(0.1, seed=3)
+    traced = tf.function(lambda inputs: ours(inputs, training=True))
+    for call in range(3):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            ours_out = traced(x) if call == 2 else ours(x, training=True)
+            theirs_out = theirs(x, training=True)
+        np.testing.assert_array_equal(ours_out, theirs_out, err_msg=f"call {call}")
+        np.testing.assert_array_equal(tape.gradient(ours_out, x), tape.gradient(theirs_out, x))
+        np.testing.assert_array_equal(ours.seed_generator.state, theirs.seed_generator.state)
+    np.testing.assert_array_equal(ours(x, training=False), x)
+
+
+@needs_kernels
+def test_a_block_trains_as_with_keras_ops(monkeypatch):
+    """One transformer block's outputs and gradients in training, dropout on, with the
+    kernels and with Keras' ops (same seeds): the same masks and GELU to rounding."""
+    x = tf.constant(np.random.default_rng(2).normal(size=(8, 65, 128)).astype(np.float32))
+    results = []
+    for use_kernels in (True, False):
+        if not use_kernels:
+            monkeypatch.setattr(native, "load", lambda: None)
+        keras.utils.set_random_seed(5)
+        block = TransformerBlock(4, 32, (256, 128), dropout=0.1, attention_dropout=0.1)
+        block.build(x.shape)
+        with tf.GradientTape() as tape:
+            outputs = block(x, training=True)
+            loss = tf.reduce_sum(outputs * outputs)
+        results.append((outputs, tape.gradient(loss, block.trainable_variables)))
+    (outputs, gradients), (expected, expected_gradients) = results
+    np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
+    for gradient, expected_gradient in zip(gradients, expected_gradients):
+        scale = float(tf.reduce_max(tf.abs(expected_gradient)))
+        np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_a_compiler_that_fails_is_reported(tmp_path):
+    with pytest.raises(native.BuildError, match=r"^false failed \(exit 1\)"):
+        native.build(tmp_path, compiler="false")
+    with pytest.raises(native.BuildError, match="could not run"):
+        native.build(tmp_path, compiler=str(tmp_path / "no-such-compiler"))
+    assert list(tmp_path.glob("*.so")) == []
+
+
+def test_switched_off_falls_back_to_keras():
+    code = ("from tokenlearner import native; import keras; "
+            "print(native.describe()); print(native.load()); print(keras.ops.convert_to_numpy("
+            "native.gelu(keras.ops.ones((2,)))).tolist())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, native.SWITCH: "0"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[:2] == [
+        "Keras' dropout and GELU (native kernels switched off by TOKENLEARNER_NATIVE_KERNELS=0)", "None"]
+
+
+@pytest.mark.skipif(not _can_compile(), reason="no C++ compiler")
+def test_concurrent_builds_make_one_library(tmp_path):
+    """Two builders at once (two processes training on a fresh machine): one compiles, the
+    other waits for it, and the cache holds one whole library and no temporary files."""
+    paths = []
+    builders = [threading.Thread(target=lambda: paths.append(native.build(tmp_path))) for _ in range(2)]
+    for builder in builders:
+        builder.start()
+    for builder in builders:
+        builder.join()
+    assert len(paths) == 2 and paths[0] == paths[1] == native.library_path(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["build.lock", paths[0].name]
+    assert paths[0].stat().st_size > 0

@@ -1,0 +1,511 @@
+// Two fused CPU kernels for training the mini ViT through TensorFlow, built by
+// tokenlearner/native/__init__.py on first use.
+//
+// TokenlearnerDropoutMask draws the very random numbers that Keras' TensorFlow dropout
+// (tf.nn.experimental.stateless_dropout) draws, Philox4x32-10 from the key and counter of
+// StatelessRandomGetKeyCounter, and turns them into the mask 0 or 1/(1 - rate) in the same
+// pass. TensorFlow's generator writes every number to memory and then compares and selects
+// in further passes; this kernel runs 16 (AVX-512) or 8 (AVX2) Philox streams side by side.
+//
+// TokenlearnerGelu and TokenlearnerGeluGrad compute the tanh-approximate GELU,
+// 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), written as x sigmoid(2u),
+// and its gradient, in one pass each instead of TensorFlow's chain of element-wise ops.
+//
+// Every kernel takes `instruction_set` ("auto", "avx512", "avx2" or "portable"); "auto"
+// picks the widest the CPU has, and the others exist so that tests can check each path.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define TOKENLEARNER_X86 1
+#include <immintrin.h>
+#endif
+
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace tokenlearner {
+namespace {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+enum class InstructionSet { kPortable, kAvx2, kAvx512 };
+
+bool Supports(InstructionSet set) {
+#ifdef TOKENLEARNER_X86
+  switch (set) {
+    case InstructionSet::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+             __builtin_cpu_supports("fma");
+    case InstructionSet::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case InstructionSet::kPortable:
+      return true;
+  }
+  return false;
+#else
+  return set == InstructionSet::kPortable;
+#endif
+}
+
+const char* Name(InstructionSet set) {
+  switch (set) {
+    case InstructionSet::kAvx512:
+      return "avx512";
+    case InstructionSet::kAvx2:
+      return "avx2";
+    case InstructionSet::kPortable:
+      return "portable";
+  }
+  return "portable";
+}
+
+InstructionSet Widest() {
+  for (InstructionSet set : {InstructionSet::kAvx512, InstructionSet::kAvx2}) {
+    if (Supports(set)) return set;
+  }
+  return InstructionSet::kPortable;
+}
+
+absl::Status ParseInstructionSet(const std::string& name, InstructionSet* set) {
+  if (name == "auto") {
+    *set = Widest();
+    return absl::OkStatus();
+  }
+  for (InstructionSet candidate :
+       {InstructionSet::kPortable, InstructionSet::kAvx2, InstructionSet::kAvx512}) {
+    if (name == Name(candidate)) {
+      if (!Supports(candidate)) {
+        return absl::InvalidArgumentError("instruction set " + name + " is not supported by this CPU");
+      }
+      *set = candidate;
+      return absl::OkStatus();
+    }
+  }
+  return absl::InvalidArgumentError("unknown instruction set " + name);
+}
+
+// ---------------------------------------------------------------- Philox dropout mask
+
+constexpr uint32_t kPhiloxM0 = 0xD2511F53, kPhiloxM1 = 0xCD9E8D57;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9, kPhiloxW1 = 0xBB67AE85;
+constexpr int kPhiloxRounds = 10;
+// A unit of work: 16 Philox counters, 4 numbers each.
+constexpr int64_t kGroupsPerBlock = 16;
+constexpr int64_t kElementsPerBlock = 4 * kGroupsPerBlock;
+
+struct MaskParams {
+  uint32_t key0, key1;
+  uint64_t counter_low, counter_high;
+  uint32_t threshold;  // keep an element when the low 23 bits of its number reach this
+  float scale;
+};
+
+// The 128-bit counter of group `group`, as four 32-bit words, low first.
+inline void Counter(const MaskParams& p, uint64_t group, uint32_t words[4]) {
+  const uint64_t low = p.counter_low + group;
+  const uint64_t high = p.counter_high + (low < p.counter_low ? 1 : 0);
+  words[0] = static_cast<uint32_t>(low);
+  words[1] = static_cast<uint32_t>(low >> 32);
+  words[2] = static_cast<uint32_t>(high);
+  words[3] = static_cast<uint32_t>(high >> 32);
+}
+
+// Element 4 g + j of the output takes number j of group g, as StatelessRandomUniformV2 lays
+// them out; `lanes[j][l]` is number j of the block's group l.
+inline void WriteBlock(const float lanes[4][kGroupsPerBlock], int64_t first, int64_t n, float* out) {
+  const int64_t count = std::min<int64_t>(kElementsPerBlock, n - first);
+  if (count == kElementsPerBlock) {
+    for (int64_t l = 0; l < kGroupsPerBlock; ++l) {
+      for (int j = 0; j < 4; ++j) out[first + 4 * l + j] = lanes[j][l];
+    }
+    return;
+  }
+  for (int64_t e = 0; e < count; ++e) out[first + e] = lanes[e % 4][e / 4];
+}
+
+void MaskBlocksPortable(const MaskParams& p, int64_t begin, int64_t end, int64_t n, float* out) {
+  float lanes[4][kGroupsPerBlock];
+  for (int64_t block = begin; block < end; ++block) {
+    for (int64_t l = 0; l < kGroupsPerBlock; ++l) {
+      uint32_t x[4];
+      Counter(p, static_cast<uint64_t>(block * kGroupsPerBlock + l), x);
+      uint32_t k0 = p.key0, k1 = p.key1;
+      for (int round = 0; round < kPhiloxRounds; ++round) {
+        const uint64_t product0 = static_cast<uint64_t>(kPhiloxM0) * x[0];
+        const uint64_t product1 = static_cast<uint64_t>(kPhiloxM1) * x[2];
+        const uint32_t y0 = static_cast<uint32_t>(product1 >> 32) ^ x[1] ^ k0;
+        const uint32_t y2 = static_cast<uint32_t>(product0 >> 32) ^ x[3] ^ k1;
+        x[1] = static_cast<uint32_t>(product1);
+        x[3] = static_cast<uint32_t>(product0);
+        x[0] = y0;
+        x[2] = y2;
+        k0 += kPhiloxW0;
+        k1 += kPhiloxW1;
+      }
+      for (int j = 0; j < 4; ++j) lanes[j][l] = (x[j] & 0x7fffff) >= p.threshold ? p.scale : 0.0f;
+    }
+    WriteBlock(lanes, block * kElementsPerBlock, n, out);
+  }
+}
+
+#ifdef TOKENLEARNER_X86
+
+__attribute__((target("avx512f"))) inline void MulHiLo512(__m512i a, __m512i m, __m512i* low, __m512i* high) {
+  const __m512i even = _mm512_mul_epu32(a, m);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  *low = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  *high = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+
+__attribute__((target("avx512f"))) void MaskBlocksAvx512(const MaskParams& p, int64_t begin, int64_t end,
+                                                         int64_t n, float* out) {
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
+  const __m512i low23 = _mm512_set1_epi32(0x7fffff);
+  const __m512i threshold = _mm512_set1_epi32(static_cast<int>(p.threshold));
+  const __m512 keep = _mm512_set1_ps(p.scale), drop = _mm512_setzero_ps();
+  alignas(64) uint32_t words[4][kGroupsPerBlock];
+  alignas(64) float lanes[4][kGroupsPerBlock];
+  for (int64_t block = begin; block < end; ++block) {
+    for (int64_t l = 0; l < kGroupsPerBlock; ++l) {
+      uint32_t x[4];
+      Counter(p, static_cast<uint64_t>(block * kGroupsPerBlock + l), x);
+      for (int j = 0; j < 4; ++j) words[j][l] = x[j];
+    }
+    __m512i x0 = _mm512_load_si512(words[0]), x1 = _mm512_load_si512(words[1]);
+    __m512i x2 = _mm512_load_si512(words[2]), x3 = _mm512_load_si512(words[3]);
+    uint32_t k0 = p.key0, k1 = p.key1;
+    for (int round = 0; round < kPhiloxRounds; ++round) {
+      __m512i low0, high0, low1, high1;
+      MulHiLo512(x0, m0, &low0, &high0);
+      MulHiLo512(x2, m1, &low1, &high1);
+      const __m512i y0 = _mm512_xor_si512(_mm512_xor_si512(high1, x1), _mm512_set1_epi32(static_cast<int>(k0)));
+      const __m512i y2 = _mm512_xor_si512(_mm512_xor_si512(high0, x3), _mm512_set1_epi32(static_cast<int>(k1)));
+      x0 = y0;
+      x1 = low1;
+      x2 = y2;
+      x3 = low0;
+      k0 += kPhiloxW0;
+      k1 += kPhiloxW1;
+    }
+    const __m512i numbers[4] = {x0, x1, x2, x3};
+    for (int j = 0; j < 4; ++j) {
+      const __mmask16 kept = _mm512_cmpge_epu32_mask(_mm512_and_si512(numbers[j], low23), threshold);
+      _mm512_store_ps(lanes[j], _mm512_mask_blend_ps(kept, drop, keep));
+    }
+    WriteBlock(lanes, block * kElementsPerBlock, n, out);
+  }
+}
+
+__attribute__((target("avx2"))) inline void MulHiLo256(__m256i a, __m256i m, __m256i* low, __m256i* high) {
+  const __m256i even = _mm256_mul_epu32(a, m);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  *low = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  *high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+}
+
+__attribute__((target("avx2"))) void MaskBlocksAvx2(const MaskParams& p, int64_t begin, int64_t end,
+                                                    int64_t n, float* out) {
+  constexpr int kWidth = 8;
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
+  const __m256i low23 = _mm256_set1_epi32(0x7fffff);
+  // The low 23 bits are never negative, so a signed comparison serves.
+  const __m256i threshold = _mm256_set1_epi32(static_cast<int>(p.threshold));
+  const __m256 keep = _mm256_set1_ps(p.scale);
+  alignas(32) uint32_t words[4][kGroupsPerBlock];
+  alignas(32) float lanes[4][kGroupsPerBlock];
+  for (int64_t block = begin; block < end; ++block) {
+    for (int64_t l = 0; l < kGroupsPerBlock; ++l) {
+      uint32_t x[4];
+      Counter(p, static_cast<uint64_t>(block * kGroupsPerBlock + l), x);
+      for (int j = 0; j < 4; ++j) words[j][l] = x[j];
+    }
+    for (int half = 0; half < kGroupsPerBlock; half += kWidth) {
+      __m256i x0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(words[0] + half));
+      __m256i x1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(words[1] + half));
+      __m256i x2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(words[2] + half));
+      __m256i x3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(words[3] + half));
+      uint32_t k0 = p.key0, k1 = p.key1;
+      for (int round = 0; round < kPhiloxRounds; ++round) {
+        __m256i low0, high0, low1, high1;
+        MulHiLo256(x0, m0, &low0, &high0);
+        MulHiLo256(x2, m1, &low1, &high1);
+        const __m256i y0 = _mm256_xor_si256(_mm256_xor_si256(high1, x1), _mm256_set1_epi32(static_cast<int>(k0)));
+        const __m256i y2 = _mm256_xor_si256(_mm256_xor_si256(high0, x3), _mm256_set1_epi32(static_cast<int>(k1)));
+        x0 = y0;
+        x1 = low1;
+        x2 = y2;
+        x3 = low0;
+        k0 += kPhiloxW0;
+        k1 += kPhiloxW1;
+      }
+      const __m256i numbers[4] = {x0, x1, x2, x3};
+      for (int j = 0; j < 4; ++j) {
+        const __m256i dropped = _mm256_cmpgt_epi32(threshold, _mm256_and_si256(numbers[j], low23));
+        _mm256_store_ps(lanes[j] + half, _mm256_andnot_ps(_mm256_castsi256_ps(dropped), keep));
+      }
+    }
+    WriteBlock(lanes, block * kElementsPerBlock, n, out);
+  }
+}
+
+#endif  // TOKENLEARNER_X86
+
+void MaskBlocks(InstructionSet set, const MaskParams& p, int64_t begin, int64_t end, int64_t n, float* out) {
+#ifdef TOKENLEARNER_X86
+  if (set == InstructionSet::kAvx512) return MaskBlocksAvx512(p, begin, end, n, out);
+  if (set == InstructionSet::kAvx2) return MaskBlocksAvx2(p, begin, end, n, out);
+#endif
+  MaskBlocksPortable(p, begin, end, n, out);
+}
+
+// ---------------------------------------------------------------- GELU
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f, kCubic = 0.044715f;
+
+// exp(v) for v in float range: Cephes' expf (range reduction by ln 2, degree-6 polynomial),
+// branch-free so that the loops below vectorise (with -fno-trapping-math).
+inline __attribute__((always_inline)) float Exp(float v) {
+  v = v < -87.3f ? -87.3f : v;
+  v = v > 88.3f ? 88.3f : v;
+  // Adding 1.5 x 2^23 rounds to the nearest integer, which lands in the low mantissa bits.
+  constexpr float kRound = 12582912.0f;
+  const float shifted = v * 1.44269504088896341f + kRound;
+  int32_t shifted_bits;
+  std::memcpy(&shifted_bits, &shifted, sizeof(shifted_bits));
+  const int32_t n = shifted_bits - 0x4B400000;
+  const float nf = shifted - kRound;
+  const float r = (v - nf * 0.693359375f) + nf * 2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * r * r + r + 1.0f;
+  const int32_t bits = (n + 127) << 23;
+  float power;
+  std::memcpy(&power, &bits, sizeof(power));
+  return poly * power;
+}
+
+// sigmoid(2u) = 0.5 (1 + tanh(u)).
+inline __attribute__((always_inline)) float Gate(float x) {
+  return 1.0f / (1.0f + Exp(-2.0f * kSqrt2OverPi * (x + kCubic * x * x * x)));
+}
+
+inline __attribute__((always_inline)) void GeluLoop(const float* __restrict x, float* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * Gate(x[i]);
+}
+
+// d/dx x s(2u) = s + 2 x s (1 - s) u'.
+inline __attribute__((always_inline)) void GeluGradLoop(const float* __restrict dy, const float* __restrict x,
+                                                       float* __restrict dx, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    const float gate = Gate(v);
+    const float slope = kSqrt2OverPi * (1.0f + 3.0f * kCubic * v * v);
+    dx[i] = dy[i] * (gate + 2.0f * v * gate * (1.0f - gate) * slope);
+  }
+}
+
+void GeluPortable(const float* x, float* y, int64_t n) { GeluLoop(x, y, n); }
+void GeluGradPortable(const float* dy, const float* x, float* dx, int64_t n) { GeluGradLoop(dy, x, dx, n); }
+#ifdef TOKENLEARNER_X86
+__attribute__((target("avx512f,avx2,fma"))) void GeluAvx512(const float* x, float* y, int64_t n) {
+  GeluLoop(x, y, n);
+}
+__attribute__((target("avx512f,avx2,fma"))) void GeluGradAvx512(const float* dy, const float* x, float* dx,
+                                                                int64_t n) {
+  GeluGradLoop(dy, x, dx, n);
+}
+__attribute__((target("avx2,fma"))) void GeluAvx2(const float* x, float* y, int64_t n) { GeluLoop(x, y, n); }
+__attribute__((target("avx2,fma"))) void GeluGradAvx2(const float* dy, const float* x, float* dx, int64_t n) {
+  GeluGradLoop(dy, x, dx, n);
+}
+#endif
+
+void Gelu(InstructionSet set, const float* x, float* y, int64_t n) {
+#ifdef TOKENLEARNER_X86
+  if (set == InstructionSet::kAvx512) return GeluAvx512(x, y, n);
+  if (set == InstructionSet::kAvx2) return GeluAvx2(x, y, n);
+#endif
+  GeluPortable(x, y, n);
+}
+
+void GeluGrad(InstructionSet set, const float* dy, const float* x, float* dx, int64_t n) {
+#ifdef TOKENLEARNER_X86
+  if (set == InstructionSet::kAvx512) return GeluGradAvx512(dy, x, dx, n);
+  if (set == InstructionSet::kAvx2) return GeluGradAvx2(dy, x, dx, n);
+#endif
+  GeluGradPortable(dy, x, dx, n);
+}
+
+// ---------------------------------------------------------------- kernels
+
+// Splits [0, units) over TensorFlow's intra-op threads (one, when training runs one thread
+// per op).
+template <typename Work>
+void Parallel(OpKernelContext* ctx, int64_t units, int64_t cost_per_unit, Work work) {
+  const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(workers->num_threads, workers->workers, units, cost_per_unit, work);
+}
+
+class InstructionSetKernel : public OpKernel {
+ public:
+  explicit InstructionSetKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::string name;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("instruction_set", &name));
+    OP_REQUIRES_OK(ctx, ParseInstructionSet(name, &set_));
+  }
+
+ protected:
+  InstructionSet set_ = InstructionSet::kPortable;
+};
+
+class DropoutMaskOp : public InstructionSetKernel {
+ public:
+  explicit DropoutMaskOp(OpKernelConstruction* ctx) : InstructionSetKernel(ctx) {
+    float rate;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("rate", &rate));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("scale", &params_.scale));
+    OP_REQUIRES(ctx, rate >= 0.0f && rate < 1.0f, absl::InvalidArgumentError("rate must be in [0, 1)"));
+    // uniform = (bits & 0x7fffff) / 2^23 exactly, so uniform >= rate is bits >= ceil(rate 2^23).
+    params_.threshold = static_cast<uint32_t>(std::ceil(static_cast<double>(rate) * 8388608.0));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    TensorShape shape;
+    OP_REQUIRES_OK(ctx, tensorflow::TensorShapeUtils::MakeShape(ctx->input(0).vec<int32_t>(), &shape));
+    const Tensor& key = ctx->input(1);
+    const Tensor& counter = ctx->input(2);
+    OP_REQUIRES(ctx, key.NumElements() == 1 && counter.NumElements() == 2,
+                absl::InvalidArgumentError("key must have 1 element and counter 2"));
+    Tensor* mask = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &mask));
+    MaskParams params = params_;
+    const uint64_t key_value = key.flat<uint64_t>()(0);
+    params.key0 = static_cast<uint32_t>(key_value);
+    params.key1 = static_cast<uint32_t>(key_value >> 32);
+    params.counter_low = counter.flat<uint64_t>()(0);
+    params.counter_high = counter.flat<uint64_t>()(1);
+    const int64_t n = shape.num_elements();
+    float* out = mask->flat<float>().data();
+    const InstructionSet set = set_;
+    Parallel(ctx, (n + kElementsPerBlock - 1) / kElementsPerBlock, 40 * kElementsPerBlock,
+             [&](int64_t begin, int64_t end) { MaskBlocks(set, params, begin, end, n, out); });
+  }
+
+ private:
+  MaskParams params_{};
+};
+
+constexpr int64_t kGeluBlock = 4096;
+
+class GeluOp : public InstructionSetKernel {
+ public:
+  using InstructionSetKernel::InstructionSetKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
+    const int64_t n = x.NumElements();
+    const float* in = x.flat<float>().data();
+    float* out = y->flat<float>().data();
+    const InstructionSet set = set_;
+    Parallel(ctx, (n + kGeluBlock - 1) / kGeluBlock, 10 * kGeluBlock, [&](int64_t begin, int64_t end) {
+      const int64_t first = begin * kGeluBlock, last = std::min(n, end * kGeluBlock);
+      Gelu(set, in + first, out + first, last - first);
+    });
+  }
+};
+
+class GeluGradOp : public InstructionSetKernel {
+ public:
+  using InstructionSetKernel::InstructionSetKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    OP_REQUIRES(ctx, dy.shape() == x.shape(), absl::InvalidArgumentError("dy and x must have one shape"));
+    Tensor* dx = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &dx));
+    const int64_t n = x.NumElements();
+    const float* gradient = dy.flat<float>().data();
+    const float* in = x.flat<float>().data();
+    float* out = dx->flat<float>().data();
+    const InstructionSet set = set_;
+    Parallel(ctx, (n + kGeluBlock - 1) / kGeluBlock, 15 * kGeluBlock, [&](int64_t begin, int64_t end) {
+      const int64_t first = begin * kGeluBlock, last = std::min(n, end * kGeluBlock);
+      GeluGrad(set, gradient + first, in + first, out + first, last - first);
+    });
+  }
+};
+
+class WidestInstructionSetOp : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<tensorflow::tstring>()() = Name(Widest());
+  }
+};
+
+}  // namespace
+}  // namespace tokenlearner
+
+REGISTER_OP("TokenlearnerDropoutMask")
+    .Input("shape: int32")
+    .Input("key: uint64")
+    .Input("counter: uint64")
+    .Attr("rate: float")
+    .Attr("scale: float")
+    .Attr("instruction_set: {'auto', 'avx512', 'avx2', 'portable'} = 'auto'")
+    .Output("mask: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      tensorflow::shape_inference::ShapeHandle shape;
+      TF_RETURN_IF_ERROR(c->MakeShapeFromShapeTensor(0, &shape));
+      c->set_output(0, shape);
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("TokenlearnerGelu")
+    .Input("x: float")
+    .Attr("instruction_set: {'auto', 'avx512', 'avx2', 'portable'} = 'auto'")
+    .Output("y: float")
+    .SetShapeFn(tensorflow::shape_inference::UnchangedShape);
+
+REGISTER_OP("TokenlearnerGeluGrad")
+    .Input("dy: float")
+    .Input("x: float")
+    .Attr("instruction_set: {'auto', 'avx512', 'avx2', 'portable'} = 'auto'")
+    .Output("dx: float")
+    .SetShapeFn(tensorflow::shape_inference::UnchangedShape);
+
+REGISTER_OP("TokenlearnerWidestInstructionSet")
+    .Output("name: string")
+    .SetShapeFn(tensorflow::shape_inference::ScalarShape);
+
+REGISTER_KERNEL_BUILDER(Name("TokenlearnerDropoutMask").Device(tensorflow::DEVICE_CPU).HostMemory("shape"),
+                        tokenlearner::DropoutMaskOp);
+REGISTER_KERNEL_BUILDER(Name("TokenlearnerGelu").Device(tensorflow::DEVICE_CPU), tokenlearner::GeluOp);
+REGISTER_KERNEL_BUILDER(Name("TokenlearnerGeluGrad").Device(tensorflow::DEVICE_CPU), tokenlearner::GeluGradOp);
+REGISTER_KERNEL_BUILDER(Name("TokenlearnerWidestInstructionSet").Device(tensorflow::DEVICE_CPU),
+                        tokenlearner::WidestInstructionSetOp);
