@@ -1,12 +1,13 @@
-"""The native dropout and GELU kernels against TensorFlow's and Keras' own ops: the same
-dropout masks bit for bit on every instruction set this CPU runs, the GELU and its
-gradient to float32 rounding, the model's gradients with and without them, and a clear
-fallback where they cannot be built."""
+"""The native kernels against TensorFlow's and Keras' own ops: the same dropout masks bit
+for bit on every instruction set this CPU runs, the GELU, LayerNorm and their gradients to
+float32 rounding, a block's gradients with and without them, and a clear fallback where
+they cannot be built."""
 
 import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from tokenlearner import native
-from tokenlearner.layers import Dropout, TransformerBlock
+from tokenlearner.layers import Dropout, LayerNormalization, TransformerBlock
 
 KERNELS = native.load()
 needs_kernels = pytest.mark.skipif(KERNELS is None, reason=f"the model runs {native.describe()}")
@@ -32,7 +33,7 @@ def test_kernels_are_built_where_a_compiler_is():
     if not _can_compile():
         pytest.skip(f"no compiler, or switched off: the model runs {native.describe()}")
     assert KERNELS is not None, native.describe()
-    assert native.describe() == f"native dropout and GELU kernels ({KERNELS.instruction_set})"
+    assert native.describe() == f"native dropout, GELU and LayerNorm kernels ({KERNELS.instruction_set})"
 
 
 @pytest.fixture(params=native.INSTRUCTION_SETS)
@@ -83,6 +84,41 @@ def test_gelu_gradient_is_registered():
                                rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(16, 65, 128), (3, 7, 256), (130, 3), (5, 2)])
+def test_layer_norm_is_keras_to_rounding(instruction_set, shape):
+    """Rows in blocks of 64 and a remainder, widths from 2 to 256, inputs far from zero mean."""
+    rng = np.random.default_rng(3)
+    x = tf.constant((rng.normal(size=shape) * 3 + 5).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=shape).astype(np.float32))
+    gamma = tf.constant(rng.normal(size=shape[-1:]).astype(np.float32))
+    beta = tf.constant(rng.normal(size=shape[-1:]).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch([x, gamma, beta])
+        expected = keras.ops.layer_normalization(x, gamma, beta, axis=-1, epsilon=1e-6)
+    expected_gradients = tape.gradient(expected, [x, gamma, beta], upstream)
+    outputs = KERNELS.library.tokenlearner_layer_norm(x, gamma, beta, epsilon=1e-6, instruction_set=instruction_set)
+    gradients = KERNELS.library.tokenlearner_layer_norm_grad(upstream, x, gamma, epsilon=1e-6,
+                                                             instruction_set=instruction_set)
+    for name, value, reference in zip(["y", "dx", "dgamma", "dbeta"], [outputs, *gradients],
+                                      [expected, *expected_gradients]):
+        scale = float(tf.reduce_max(tf.abs(reference)))
+        np.testing.assert_allclose(value, reference, rtol=0, atol=1e-6 * max(scale, 1.0), err_msg=name)
+
+
+def test_layer_normalization_layer():
+    """Keras' layer's weights and outputs; over another axis it is Keras' own code."""
+    x = tf.constant(np.random.default_rng(4).normal(size=(2, 6, 8)).astype(np.float32))
+    for axis in (-1, 1):
+        ours = LayerNormalization(axis=axis, epsilon=1e-6)
+        theirs = keras.layers.LayerNormalization(axis=axis, epsilon=1e-6)
+        ours.build(x.shape), theirs.build(x.shape)
+        assert [w.path.split("/")[-1] for w in ours.weights] == ["gamma", "beta"]
+        for mine, reference in zip(ours.weights, theirs.weights):
+            mine.assign(np.random.default_rng(5).normal(size=mine.shape))
+            reference.assign(mine)
+        np.testing.assert_allclose(ours(x), theirs(x), rtol=0, atol=2e-6)
+
+
 def test_dropout_layer_draws_keras_masks():
     x = tf.constant(np.random.default_rng(1).normal(size=(4, 65, 256)).astype(np.float32))
     ours, theirs = Dropout(0.1, seed=3), keras.layers.Dropout(0.1, seed=3)
@@ -129,15 +165,27 @@ def test_a_compiler_that_fails_is_reported(tmp_path):
     assert list(tmp_path.glob("*.so")) == []
 
 
-def test_switched_off_falls_back_to_keras():
-    code = ("from tokenlearner import native; import keras; "
-            "print(native.describe()); print(native.load()); print(keras.ops.convert_to_numpy("
-            "native.gelu(keras.ops.ones((2,)))).tolist())")
+@pytest.mark.parametrize("setting, reason", [
+    ({native.SWITCH: "0"}, "switched off by TOKENLEARNER_NATIVE_KERNELS=0"),
+    ({"XDG_CACHE_HOME": "{tmp}/a-file", "CXX": "c++"}, "not built: [Errno 20] Not a directory"),
+    ({"CXX": "false"}, "not built: false failed (exit 1)"),
+])
+def test_without_kernels_the_model_runs_keras_ops(tmp_path, setting, reason):
+    """Switched off, a cache folder that cannot be made, a compiler that fails: one line
+    says why, and the model's ops still run."""
+    (tmp_path / "a-file").write_text("")
+    environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"),
+                   **{name: value.format(tmp=tmp_path) for name, value in setting.items()}}
+    code = ("from tokenlearner import native; import keras; print(native.describe()); print(native.load()); "
+            "x = keras.ops.ones((2, 4)); print(keras.ops.convert_to_numpy(native.gelu(x)).shape, "
+            "keras.ops.convert_to_numpy(native.layer_norm(x, keras.ops.ones((4,)), keras.ops.zeros((4,)), 1e-6))"
+            ".shape)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, native.SWITCH: "0"})
+                            env=environment, cwd=Path(__file__).parents[1])
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[:2] == [
-        "Keras' dropout and GELU (native kernels switched off by TOKENLEARNER_NATIVE_KERNELS=0)", "None"]
+    description, loaded, shapes = result.stdout.splitlines()[:3]
+    assert description.startswith(f"Keras' dropout, GELU and LayerNorm (native kernels {reason}"), description
+    assert (loaded, shapes) == ("None", "(2, 4) (2, 4)")
 
 
 @pytest.mark.skipif(not _can_compile(), reason="no C++ compiler")

@@ -12,6 +12,7 @@ from tokenlearner.config import ModelConfig
 from tokenlearner.layers import (
     Dropout,
     ImagePreprocessing,
+    LayerNormalization,
     PatchEmbedding,
     TokenFuser,
     TokenLearner,
@@ -59,7 +60,7 @@ def build_model(config: ModelConfig, name: str = "tokenlearner_vit") -> keras.Mo
         x = block(x)
     if config.tokenlearner != "none" and config.placement == config.depth:
         x, _ = _token_learner(config, "token_learner")(x, return_maps=True)
-    x = layers.LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="final_norm")(x)
+    x = LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="final_norm")(x)
     x = layers.GlobalAveragePooling1D(name="token_pool")(x)
     outputs = layers.Dense(config.num_classes, activation="softmax", name="classifier")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -3,6 +3,7 @@
 from tokenlearner.layers.attention import MultiHeadSelfAttention
 from tokenlearner.layers.dropout import Dropout
 from tokenlearner.layers.grouped_dense import GroupedDense
+from tokenlearner.layers.layer_normalization import LayerNormalization
 from tokenlearner.layers.patch_embedding import PatchEmbedding
 from tokenlearner.layers.preprocessing import ImagePreprocessing
 from tokenlearner.layers.token_fuser import TokenFuser
@@ -13,6 +14,7 @@ __all__ = [
     "Dropout",
     "GroupedDense",
     "ImagePreprocessing",
+    "LayerNormalization",
     "MultiHeadSelfAttention",
     "PatchEmbedding",
     "TokenFuser",

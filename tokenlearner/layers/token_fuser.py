@@ -2,6 +2,7 @@ import keras
 from keras import layers, ops
 
 from tokenlearner import native
+from tokenlearner.layers.layer_normalization import LayerNormalization
 from tokenlearner.layers.token_learner import _square_grid
 
 
@@ -30,13 +31,13 @@ class TokenFuser(layers.Layer):
     def build(self, tokens_shape, original_shape):
         self.num_tokens = tokens_shape[1]
         self.grid_size = _square_grid(original_shape[1])
-        self.tokens_norm = layers.LayerNormalization(epsilon=self.epsilon, name="tokens_norm")
+        self.tokens_norm = LayerNormalization(epsilon=self.epsilon, name="tokens_norm")
         self.tokens_norm.build(tokens_shape)
         self.token_mixer = layers.Dense(self.num_tokens, kernel_initializer="zeros", name="token_mixer")
         self.token_mixer.build((None, tokens_shape[2], self.num_tokens))
-        self.mixed_norm = layers.LayerNormalization(epsilon=self.epsilon, name="mixed_norm")
+        self.mixed_norm = LayerNormalization(epsilon=self.epsilon, name="mixed_norm")
         self.mixed_norm.build(tokens_shape)
-        self.original_norm = layers.LayerNormalization(epsilon=self.epsilon, name="original_norm")
+        self.original_norm = LayerNormalization(epsilon=self.epsilon, name="original_norm")
         self.original_norm.build(original_shape)
         self.gate_hidden = layers.Dense(self.bottleneck_dim, name="gate_hidden")
         self.gate_hidden.build(original_shape)

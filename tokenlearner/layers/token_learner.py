@@ -14,6 +14,7 @@ from keras import layers, ops
 from tokenlearner import native
 from tokenlearner.config import POOLINGS, V11_STYLES
 from tokenlearner.layers.grouped_dense import GroupedDense
+from tokenlearner.layers.layer_normalization import LayerNormalization
 
 
 def _square_grid(positions):
@@ -50,7 +51,7 @@ class TokenLearner(layers.Layer):
 
     def build(self, input_shape):
         self.grid_size = _square_grid(input_shape[1])
-        self.norm = layers.LayerNormalization(epsilon=self.epsilon, name="norm")
+        self.norm = LayerNormalization(epsilon=self.epsilon, name="norm")
         self.norm.build(input_shape)
         self.convs = []
         channels = input_shape[-1]
@@ -119,7 +120,7 @@ class TokenLearnerV11(layers.Layer):
     def build(self, input_shape):
         self.grid_size = _square_grid(input_shape[1])
         channels = input_shape[-1]
-        self.norm = layers.LayerNormalization(epsilon=self.epsilon, name="norm")
+        self.norm = LayerNormalization(epsilon=self.epsilon, name="norm")
         self.norm.build(input_shape)
         if self.style == "grouped_conv":
             # 1x1 convolutions are per-position Dense layers: no reshape to the grid needed.

@@ -4,6 +4,7 @@ from keras import layers, ops
 from tokenlearner import native
 from tokenlearner.layers.attention import MultiHeadSelfAttention
 from tokenlearner.layers.dropout import Dropout
+from tokenlearner.layers.layer_normalization import LayerNormalization
 
 
 @keras.saving.register_keras_serializable(package="tokenlearner")
@@ -38,13 +39,13 @@ class TransformerBlock(layers.Layer):
             raise ValueError(
                 f"mlp_units={list(self.mlp_units)} must end with the input width {input_shape[-1]}"
             )
-        self.attention_norm = layers.LayerNormalization(epsilon=self.epsilon, name="attention_norm")
+        self.attention_norm = LayerNormalization(epsilon=self.epsilon, name="attention_norm")
         self.attention_norm.build(input_shape)
         self.attention = MultiHeadSelfAttention(
             self.num_heads, self.key_dim, dropout=self.attention_dropout, name="attention"
         )
         self.attention.build(input_shape)
-        self.mlp_norm = layers.LayerNormalization(epsilon=self.epsilon, name="mlp_norm")
+        self.mlp_norm = LayerNormalization(epsilon=self.epsilon, name="mlp_norm")
         self.mlp_norm.build(input_shape)
         self.mlp_dense = []
         width = input_shape[-1]

@@ -11,6 +11,12 @@
 // 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715 x^3), written as x sigmoid(2u),
 // and its gradient, in one pass each instead of TensorFlow's chain of element-wise ops.
 //
+// TokenlearnerLayerNorm and TokenlearnerLayerNormGrad normalise over the last axis, as
+// keras.layers.LayerNormalization does, reading and writing each row once instead of
+// TensorFlow's mean, variance, rsqrt, scale and shift passes; the gradient's sums over rows
+// (for gamma and beta) are taken per block of rows and then in block order, so they do not
+// depend on how many threads ran.
+//
 // Every kernel takes `instruction_set` ("auto", "avx512", "avx2" or "portable"); "auto"
 // picks the widest the CPU has, and the others exist so that tests can check each path.
 
@@ -355,6 +361,109 @@ void GeluGrad(InstructionSet set, const float* dy, const float* x, float* dx, in
   GeluGradPortable(dy, x, dx, n);
 }
 
+// ---------------------------------------------------------------- LayerNorm
+
+struct RowMoments {
+  float mean, inverse_std;
+};
+
+// Keras' LayerNormalization: mean, then the mean squared difference from it.
+inline __attribute__((always_inline)) RowMoments Moments(const float* __restrict x, int64_t width, float epsilon) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < width; ++c) sum += x[c];
+  const float mean = sum / static_cast<float>(width);
+  float squares = 0.0f;
+#pragma omp simd reduction(+ : squares)
+  for (int64_t c = 0; c < width; ++c) squares += (x[c] - mean) * (x[c] - mean);
+  return {mean, 1.0f / std::sqrt(squares / static_cast<float>(width) + epsilon)};
+}
+
+inline __attribute__((always_inline)) void LayerNormRows(const float* __restrict x, const float* __restrict gamma,
+                                                        const float* __restrict beta, float* __restrict y,
+                                                        int64_t rows, int64_t width, float epsilon) {
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* in = x + row * width;
+    float* out = y + row * width;
+    const RowMoments moments = Moments(in, width, epsilon);
+#pragma omp simd
+    for (int64_t c = 0; c < width; ++c) {
+      // In Keras' order: x * (inv gamma) + (beta - mean * inv gamma).
+      const float scale = moments.inverse_std * gamma[c];
+      out[c] = in[c] * scale + (beta[c] - moments.mean * scale);
+    }
+  }
+}
+
+// dx = inv (g - mean(g) - xhat mean(g xhat)) with g = dy gamma and xhat = (x - mean) inv;
+// this block's sums of dy xhat and dy go to gamma_sum and beta_sum.
+inline __attribute__((always_inline)) void LayerNormGradRows(const float* __restrict dy, const float* __restrict x,
+                                                            const float* __restrict gamma, float* __restrict dx,
+                                                            float* __restrict gamma_sum, float* __restrict beta_sum,
+                                                            int64_t rows, int64_t width, float epsilon) {
+  for (int64_t c = 0; c < width; ++c) gamma_sum[c] = beta_sum[c] = 0.0f;
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* gradient = dy + row * width;
+    const float* in = x + row * width;
+    float* out = dx + row * width;
+    const RowMoments moments = Moments(in, width, epsilon);
+    float g_sum = 0.0f, g_xhat_sum = 0.0f;
+#pragma omp simd reduction(+ : g_sum, g_xhat_sum)
+    for (int64_t c = 0; c < width; ++c) {
+      const float xhat = (in[c] - moments.mean) * moments.inverse_std;
+      const float g = gradient[c] * gamma[c];
+      g_sum += g;
+      g_xhat_sum += g * xhat;
+      gamma_sum[c] += gradient[c] * xhat;
+      beta_sum[c] += gradient[c];
+    }
+    const float g_mean = g_sum / static_cast<float>(width);
+    const float g_xhat_mean = g_xhat_sum / static_cast<float>(width);
+#pragma omp simd
+    for (int64_t c = 0; c < width; ++c) {
+      const float xhat = (in[c] - moments.mean) * moments.inverse_std;
+      out[c] = moments.inverse_std * (gradient[c] * gamma[c] - g_mean - xhat * g_xhat_mean);
+    }
+  }
+}
+
+#define TOKENLEARNER_LAYER_NORM_VARIANT(suffix, target)                                                          \
+  target void LayerNorm##suffix(const float* x, const float* gamma, const float* beta, float* y, int64_t rows,  \
+                                int64_t width, float epsilon) {                                                 \
+    LayerNormRows(x, gamma, beta, y, rows, width, epsilon);                                                     \
+  }                                                                                                             \
+  target void LayerNormGrad##suffix(const float* dy, const float* x, const float* gamma, float* dx,             \
+                                    float* gamma_sum, float* beta_sum, int64_t rows, int64_t width,             \
+                                    float epsilon) {                                                            \
+    LayerNormGradRows(dy, x, gamma, dx, gamma_sum, beta_sum, rows, width, epsilon);                             \
+  }
+
+TOKENLEARNER_LAYER_NORM_VARIANT(Portable, )
+#ifdef TOKENLEARNER_X86
+TOKENLEARNER_LAYER_NORM_VARIANT(Avx512, __attribute__((target("avx512f,avx2,fma"))))
+TOKENLEARNER_LAYER_NORM_VARIANT(Avx2, __attribute__((target("avx2,fma"))))
+#endif
+
+void LayerNorm(InstructionSet set, const float* x, const float* gamma, const float* beta, float* y, int64_t rows,
+               int64_t width, float epsilon) {
+#ifdef TOKENLEARNER_X86
+  if (set == InstructionSet::kAvx512) return LayerNormAvx512(x, gamma, beta, y, rows, width, epsilon);
+  if (set == InstructionSet::kAvx2) return LayerNormAvx2(x, gamma, beta, y, rows, width, epsilon);
+#endif
+  LayerNormPortable(x, gamma, beta, y, rows, width, epsilon);
+}
+
+void LayerNormGrad(InstructionSet set, const float* dy, const float* x, const float* gamma, float* dx,
+                   float* gamma_sum, float* beta_sum, int64_t rows, int64_t width, float epsilon) {
+#ifdef TOKENLEARNER_X86
+  if (set == InstructionSet::kAvx512)
+    return LayerNormGradAvx512(dy, x, gamma, dx, gamma_sum, beta_sum, rows, width, epsilon);
+  if (set == InstructionSet::kAvx2)
+    return LayerNormGradAvx2(dy, x, gamma, dx, gamma_sum, beta_sum, rows, width, epsilon);
+#endif
+  LayerNormGradPortable(dy, x, gamma, dx, gamma_sum, beta_sum, rows, width, epsilon);
+}
+
 // ---------------------------------------------------------------- kernels
 
 // Splits [0, units) over TensorFlow's intra-op threads (one, when training runs one thread
@@ -457,6 +566,102 @@ class GeluGradOp : public InstructionSetKernel {
   }
 };
 
+// Rows per unit of work in LayerNorm's kernels; the gradient's sums for gamma and beta are
+// taken per such block, then added in block order.
+constexpr int64_t kLayerNormBlock = 64;
+
+class LayerNormKernel : public InstructionSetKernel {
+ public:
+  explicit LayerNormKernel(OpKernelConstruction* ctx) : InstructionSetKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+  }
+
+ protected:
+  // The width of the last axis, which gamma must match.
+  static absl::Status Width(const Tensor& x, const Tensor& gamma, int64_t* width) {
+    *width = gamma.NumElements();
+    if (x.dims() >= 1 && gamma.dims() == 1 && x.dim_size(x.dims() - 1) == *width && *width > 0) {
+      return absl::OkStatus();
+    }
+    return absl::InvalidArgumentError("gamma must be a vector as long as x's last axis");
+  }
+  float epsilon_ = 0.0f;
+};
+
+class LayerNormOp : public LayerNormKernel {
+ public:
+  using LayerNormKernel::LayerNormKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& gamma = ctx->input(1);
+    const Tensor& beta = ctx->input(2);
+    int64_t width = 0;
+    OP_REQUIRES_OK(ctx, Width(x, gamma, &width));
+    OP_REQUIRES(ctx, beta.shape() == gamma.shape(), absl::InvalidArgumentError("beta must have gamma's shape"));
+    Tensor* y = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
+    const int64_t rows = x.NumElements() / width;
+    const float *in = x.flat<float>().data(), *scale = gamma.flat<float>().data(), *shift = beta.flat<float>().data();
+    float* out = y->flat<float>().data();
+    const InstructionSet set = set_;
+    const float epsilon = epsilon_;
+    Parallel(ctx, (rows + kLayerNormBlock - 1) / kLayerNormBlock, 6 * width * kLayerNormBlock,
+             [&](int64_t begin, int64_t end) {
+               const int64_t first = begin * kLayerNormBlock, last = std::min(rows, end * kLayerNormBlock);
+               LayerNorm(set, in + first * width, scale, shift, out + first * width, last - first, width, epsilon);
+             });
+  }
+};
+
+class LayerNormGradOp : public LayerNormKernel {
+ public:
+  using LayerNormKernel::LayerNormKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    const Tensor& gamma = ctx->input(2);
+    int64_t width = 0;
+    OP_REQUIRES_OK(ctx, Width(x, gamma, &width));
+    OP_REQUIRES(ctx, dy.shape() == x.shape(), absl::InvalidArgumentError("dy and x must have one shape"));
+    Tensor *dx = nullptr, *dgamma = nullptr, *dbeta = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, gamma.shape(), &dgamma));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, gamma.shape(), &dbeta));
+    const int64_t rows = x.NumElements() / width;
+    const int64_t blocks = (rows + kLayerNormBlock - 1) / kLayerNormBlock;
+    Tensor sums;  // per block: the sums for gamma, then for beta
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({std::max<int64_t>(blocks, 1), 2, width}),
+                                           &sums));
+    const float *gradient = dy.flat<float>().data(), *in = x.flat<float>().data();
+    const float* scale = gamma.flat<float>().data();
+    float* out = dx->flat<float>().data();
+    float* block_sums = sums.flat<float>().data();
+    const InstructionSet set = set_;
+    const float epsilon = epsilon_;
+    Parallel(ctx, blocks, 10 * width * kLayerNormBlock, [&](int64_t begin, int64_t end) {
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t first = block * kLayerNormBlock, count = std::min(rows, first + kLayerNormBlock) - first;
+        float* gamma_sum = block_sums + block * 2 * width;
+        LayerNormGrad(set, gradient + first * width, in + first * width, scale, out + first * width, gamma_sum,
+                      gamma_sum + width, count, width, epsilon);
+      }
+    });
+    float* gamma_total = dgamma->flat<float>().data();
+    float* beta_total = dbeta->flat<float>().data();
+    std::fill(gamma_total, gamma_total + width, 0.0f);
+    std::fill(beta_total, beta_total + width, 0.0f);
+    for (int64_t block = 0; block < blocks; ++block) {
+      const float* gamma_sum = block_sums + block * 2 * width;
+      for (int64_t c = 0; c < width; ++c) {
+        gamma_total[c] += gamma_sum[c];
+        beta_total[c] += gamma_sum[width + c];
+      }
+    }
+  }
+};
+
 class WidestInstructionSetOp : public OpKernel {
  public:
   using OpKernel::OpKernel;
@@ -499,6 +704,31 @@ REGISTER_OP("TokenlearnerGeluGrad")
     .Output("dx: float")
     .SetShapeFn(tensorflow::shape_inference::UnchangedShape);
 
+REGISTER_OP("TokenlearnerLayerNorm")
+    .Input("x: float")
+    .Input("gamma: float")
+    .Input("beta: float")
+    .Attr("epsilon: float")
+    .Attr("instruction_set: {'auto', 'avx512', 'avx2', 'portable'} = 'auto'")
+    .Output("y: float")
+    .SetShapeFn(tensorflow::shape_inference::UnchangedShape);
+
+REGISTER_OP("TokenlearnerLayerNormGrad")
+    .Input("dy: float")
+    .Input("x: float")
+    .Input("gamma: float")
+    .Attr("epsilon: float")
+    .Attr("instruction_set: {'auto', 'avx512', 'avx2', 'portable'} = 'auto'")
+    .Output("dx: float")
+    .Output("dgamma: float")
+    .Output("dbeta: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->input(2));
+      c->set_output(2, c->input(2));
+      return absl::OkStatus();
+    });
+
 REGISTER_OP("TokenlearnerWidestInstructionSet")
     .Output("name: string")
     .SetShapeFn(tensorflow::shape_inference::ScalarShape);
@@ -507,5 +737,8 @@ REGISTER_KERNEL_BUILDER(Name("TokenlearnerDropoutMask").Device(tensorflow::DEVIC
                         tokenlearner::DropoutMaskOp);
 REGISTER_KERNEL_BUILDER(Name("TokenlearnerGelu").Device(tensorflow::DEVICE_CPU), tokenlearner::GeluOp);
 REGISTER_KERNEL_BUILDER(Name("TokenlearnerGeluGrad").Device(tensorflow::DEVICE_CPU), tokenlearner::GeluGradOp);
+REGISTER_KERNEL_BUILDER(Name("TokenlearnerLayerNorm").Device(tensorflow::DEVICE_CPU), tokenlearner::LayerNormOp);
+REGISTER_KERNEL_BUILDER(Name("TokenlearnerLayerNormGrad").Device(tensorflow::DEVICE_CPU),
+                        tokenlearner::LayerNormGradOp);
 REGISTER_KERNEL_BUILDER(Name("TokenlearnerWidestInstructionSet").Device(tensorflow::DEVICE_CPU),
                         tokenlearner::WidestInstructionSetOp);
