@@ -29,6 +29,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,9 +128,18 @@ def _locked(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-@functools.cache
+_LOADING = threading.Lock()
+
+
 def _load() -> Kernels | str:
-    """The loaded kernels, or why there are none."""
+    """The loaded kernels, or why there are none; built and loaded once per process, even
+    when several threads (the app's sessions) ask at once."""
+    with _LOADING:
+        return _load_once()
+
+
+@functools.cache
+def _load_once() -> Kernels | str:
     import keras
 
     if os.environ.get(SWITCH, "1") == "0":
