@@ -47,7 +47,6 @@ class BuildError(RuntimeError):
 class Kernels:
     library: object  # the module `tf.load_op_library` returns
     instruction_set: str  # the widest this CPU runs, which the kernels use
-    path: Path
 
 
 def cache_dir() -> Path:
@@ -112,8 +111,8 @@ def _compile(compiler: str, output: Path) -> None:
         raise BuildError(f"{compiler} could not run: {error}") from error
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).splitlines()
-        first_error = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "")
-        raise BuildError(f"{compiler} failed (exit {result.returncode}): {first_error.strip()}")
+        first_error = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "").strip()
+        raise BuildError(f"{compiler} failed (exit {result.returncode})" + (f": {first_error}" if first_error else ""))
 
 
 @contextlib.contextmanager
@@ -171,7 +170,7 @@ def _load_once() -> Kernels | str:
 
     with tf.init_scope():  # the first call may come while a model is being traced
         instruction_set = library.tokenlearner_widest_instruction_set().numpy().decode()
-    return Kernels(library, instruction_set, path)
+    return Kernels(library, instruction_set)
 
 
 def load() -> Kernels | None:

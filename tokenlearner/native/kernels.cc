@@ -1,4 +1,4 @@
-// Two fused CPU kernels for training the mini ViT through TensorFlow, built by
+// Three fused CPU kernels for training the mini ViT through TensorFlow, built by
 // tokenlearner/native/__init__.py on first use.
 //
 // TokenlearnerDropoutMask draws the very random numbers that Keras' TensorFlow dropout
