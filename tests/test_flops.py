@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tokenlearner import PRESETS, ModelConfig, build_model
+from tokenlearner import PRESETS, ModelConfig, build_model, native
 from tokenlearner.flops import CATEGORIES, count
 from tokenlearner.presets import PUBLISHED
 
@@ -65,12 +65,15 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_full_count_against_the_profiler_on_our_graph(name):
+def test_full_count_against_the_profiler_on_our_graph(name, monkeypatch):
     """Our graph has no einsum, so the profiler sees every matrix product: its MatMul,
     BatchMatMul and Conv2D float ops must be exactly 2 x our MACs. Its total adds the
     element-wise work we leave out: 1.2-1.5% without TokenFuser; TokenFuser's three
-    LayerNorms per block over few tokens raise that to 1.6-2.2%."""
+    LayerNorms per block over few tokens raise that to 1.6-2.2%. (Built with Keras' own
+    GELU and LayerNorm: the profiler cannot count the native kernels' float ops.)"""
     from profiler import MATRIX_OPS, float_ops
+
+    monkeypatch.setattr(native, "load", lambda: None)
 
     config = VARIANTS[name]
     counted = float_ops(build_model(config))

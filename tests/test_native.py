@@ -61,6 +61,26 @@ def test_dropout_masks_are_tensorflows(instruction_set, rate):
             np.testing.assert_array_equal(x * mask, expected, err_msg=f"shape {shape}, seed {seed}")
 
 
+def test_dropout_masks_follow_the_counter_across_its_carries(instruction_set):
+    """Keras' seeds always give counters with a low word of 0; other keys and counters near
+    the 64- and 128-bit wraps must still follow TensorFlow's Philox stream."""
+    shape = tf.constant([1001], tf.int32)
+    for counter in ([2**64 - 5, 7], [2**64 - 1, 2**64 - 1], [0, 2**64 - 1], [123, 456]):
+        key = tf.constant([0x0123456789ABCDEF], tf.uint64)
+        counter = tf.constant(counter, tf.uint64)
+        uniform = tf.raw_ops.StatelessRandomUniformV2(shape=shape, key=key, counter=counter, alg=1)  # Philox
+        mask = KERNELS.library.tokenlearner_dropout_mask(shape, key, counter, rate=0.3, scale=1 / 0.7,
+                                                         instruction_set=instruction_set)
+        np.testing.assert_array_equal(mask != 0, uniform >= np.float32(0.3), err_msg=str(counter.numpy()))
+
+
+@needs_kernels
+def test_a_shape_that_is_not_a_vector_is_an_error():
+    key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=tf.constant((1, 2), tf.int32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="shape must be a vector"):
+        KERNELS.library.tokenlearner_dropout_mask(tf.constant(5), key, counter, rate=0.1, scale=1 / 0.9)
+
+
 def test_gelu_is_tensorflows_to_rounding(instruction_set):
     x = tf.constant(np.concatenate([np.linspace(-20, 20, 400_001), [0.0, 1e-30, -1e-30]]).astype(np.float32))
     with tf.GradientTape() as tape:
@@ -158,8 +178,10 @@ def test_a_block_trains_as_with_keras_ops(monkeypatch):
 
 
 def test_a_compiler_that_fails_is_reported(tmp_path):
-    with pytest.raises(native.BuildError, match=r"^false failed \(exit 1\)"):
+    with pytest.raises(native.BuildError, match=r"^false failed \(exit 1\)$"):
         native.build(tmp_path, compiler="false")
+    with pytest.raises(native.BuildError, match=r"^env false failed \(exit 1\)$"):  # $CXX may carry words
+        native.build(tmp_path, compiler="env false")
     with pytest.raises(native.BuildError, match="could not run"):
         native.build(tmp_path, compiler=str(tmp_path / "no-such-compiler"))
     assert list(tmp_path.glob("*.so")) == []
@@ -186,6 +208,26 @@ def test_without_kernels_the_model_runs_keras_ops(tmp_path, setting, reason):
     description, loaded, shapes = result.stdout.splitlines()[:3]
     assert description.startswith(f"Keras' dropout, GELU and LayerNorm (native kernels {reason}"), description
     assert (loaded, shapes) == ("None", "(2, 4) (2, 4)")
+
+
+def test_no_home_folder_asks_for_a_cache_folder(monkeypatch):
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", no_home)
+    with pytest.raises(native.BuildError, match="set XDG_CACHE_HOME"):
+        native.cache_dir()
+
+
+def test_a_reloaded_module_loads_the_kernels_again():
+    """Streamlit re-imports changed modules; the gradients are registered once per process."""
+    code = ("import importlib; from tokenlearner import native; first = native.describe(); "
+            "importlib.reload(native); print(first == native.describe(), native.describe())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("True "), result.stdout
 
 
 @pytest.mark.skipif(not _can_compile(), reason="no C++ compiler")

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -50,10 +51,17 @@ class Kernels:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tokenlearner" / "native"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "tokenlearner" / "native"
+    try:
+        return Path.home() / ".cache" / "tokenlearner" / "native"
+    except RuntimeError as error:  # no HOME and no user entry, as in some containers
+        raise BuildError(f"no folder for the kernel cache ({error}): set XDG_CACHE_HOME") from error
 
 
 def _compiler() -> str:
+    """The compiler command: $CXX (which may carry arguments, as "ccache g++" does), else the
+    first of c++, g++ and clang++ found."""
     compiler = os.environ.get("CXX") or next(
         (found for name in ("c++", "g++", "clang++") if (found := shutil.which(name))), None)
     if compiler is None:
@@ -66,7 +74,7 @@ def _command(compiler: str, output: Path) -> list[str]:
 
     # -fno-trapping-math lets the compiler turn the GELU's clamps into vector selects;
     # -fopenmp-simd lets it vectorise the sums its `omp simd` pragmas mark (no OpenMP runtime).
-    return [compiler, "-O3", "-shared", "-fPIC", "-fno-trapping-math", "-fopenmp-simd", "-Wno-deprecated-declarations",
+    return [*shlex.split(compiler), "-O3", "-shared", "-fPIC", "-fno-trapping-math", "-fopenmp-simd", "-Wno-deprecated-declarations",
             *tf.sysconfig.get_compile_flags(), str(SOURCE), "-o", str(output), *tf.sysconfig.get_link_flags()]
 
 
@@ -96,6 +104,7 @@ def build(directory: Path | None = None, compiler: str | None = None) -> Path:
         os.close(handle)
         try:
             _compile(compiler, Path(temporary))
+            os.chmod(temporary, 0o755)  # mkstemp's 0600 would keep other users of a shared cache out
             os.replace(temporary, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -105,7 +114,7 @@ def build(directory: Path | None = None, compiler: str | None = None) -> Path:
 
 def _compile(compiler: str, output: Path) -> None:
     try:
-        result = subprocess.run(_command(compiler, output), capture_output=True, text=True,
+        result = subprocess.run(_command(compiler, output), capture_output=True, text=True, errors="replace",
                                 timeout=BUILD_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise BuildError(f"{compiler} could not run: {error}") from error
@@ -157,20 +166,31 @@ def _load_once() -> Kernels | str:
         library = tf.load_op_library(str(path))
     except (tf.errors.OpError, OSError) as error:
         return f"could not load {path}: {error}; delete it to rebuild"
-    tf.no_gradient("TokenlearnerDropoutMask")
-
-    @tf.RegisterGradient("TokenlearnerGelu")
-    def _gelu_gradient(op, dy):
-        return library.tokenlearner_gelu_grad(dy, op.inputs[0], instruction_set=op.get_attr("instruction_set"))
-
-    @tf.RegisterGradient("TokenlearnerLayerNorm")
-    def _layer_norm_gradient(op, dy):
-        return library.tokenlearner_layer_norm_grad(dy, op.inputs[0], op.inputs[1], epsilon=op.get_attr("epsilon"),
-                                                    instruction_set=op.get_attr("instruction_set"))
+    _register_gradients(library)
 
     with tf.init_scope():  # the first call may come while a model is being traced
         instruction_set = library.tokenlearner_widest_instruction_set().numpy().decode()
     return Kernels(library, instruction_set)
+
+
+def _register_gradients(library) -> None:
+    import tensorflow as tf
+
+    def gelu_gradient(op, dy):
+        return library.tokenlearner_gelu_grad(dy, op.inputs[0], instruction_set=op.get_attr("instruction_set"))
+
+    def layer_norm_gradient(op, dy):
+        return library.tokenlearner_layer_norm_grad(dy, op.inputs[0], op.inputs[1], epsilon=op.get_attr("epsilon"),
+                                                    instruction_set=op.get_attr("instruction_set"))
+
+    registrations = [lambda: tf.no_gradient("TokenlearnerDropoutMask"),
+                     lambda: tf.RegisterGradient("TokenlearnerGelu")(gelu_gradient),
+                     lambda: tf.RegisterGradient("TokenlearnerLayerNorm")(layer_norm_gradient)]
+    for register in registrations:
+        try:
+            register()
+        except KeyError:  # registered by an earlier import of this module (a reload, as Streamlit does)
+            pass
 
 
 def load() -> Kernels | None:

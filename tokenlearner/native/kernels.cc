@@ -303,7 +303,8 @@ inline __attribute__((always_inline)) float Exp(float v) {
   poly = poly * r + 1.6666665459e-1f;
   poly = poly * r + 5.0000001201e-1f;
   poly = poly * r * r + r + 1.0f;
-  const int32_t bits = (n + 127) << 23;
+  // Unsigned, so that the garbage exponent of a NaN input shifts without undefined behaviour.
+  const uint32_t bits = static_cast<uint32_t>(n + 127) << 23;
   float power;
   std::memcpy(&power, &bits, sizeof(power));
   return poly * power;
@@ -498,6 +499,8 @@ class DropoutMaskOp : public InstructionSetKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
+    OP_REQUIRES(ctx, tensorflow::TensorShapeUtils::IsVector(ctx->input(0).shape()),
+                absl::InvalidArgumentError("shape must be a vector"));
     TensorShape shape;
     OP_REQUIRES_OK(ctx, tensorflow::TensorShapeUtils::MakeShape(ctx->input(0).vec<int32_t>(), &shape));
     const Tensor& key = ctx->input(1);
@@ -532,7 +535,7 @@ class GeluOp : public InstructionSetKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
     Tensor* y = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &y));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &y));
     const int64_t n = x.NumElements();
     const float* in = x.flat<float>().data();
     float* out = y->flat<float>().data();
@@ -553,7 +556,7 @@ class GeluGradOp : public InstructionSetKernel {
     const Tensor& x = ctx->input(1);
     OP_REQUIRES(ctx, dy.shape() == x.shape(), absl::InvalidArgumentError("dy and x must have one shape"));
     Tensor* dx = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &dx));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &dx));
     const int64_t n = x.NumElements();
     const float* gradient = dy.flat<float>().data();
     const float* in = x.flat<float>().data();
