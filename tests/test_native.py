@@ -94,6 +94,7 @@ def test_gelu_is_tensorflows_to_rounding(instruction_set):
     assert np.isnan(KERNELS.library.tokenlearner_gelu(tf.constant([np.nan]), instruction_set=instruction_set)[0])
 
 
+@needs_kernels
 def test_gelu_gradient_is_registered():
     x = tf.constant(np.linspace(-4, 4, 101).astype(np.float32))
     upstream = tf.constant(np.linspace(1, 2, 101).astype(np.float32))
@@ -139,6 +140,7 @@ def test_layer_normalization_layer():
         np.testing.assert_allclose(ours(x), theirs(x), rtol=0, atol=2e-6)
 
 
+@needs_kernels
 def test_dropout_layer_draws_keras_masks():
     x = tf.constant(np.random.default_rng(1).normal(size=(4, 65, 256)).astype(np.float32))
     ours, theirs = Dropout(0.1, seed=3), keras.layers.Dropout(0.1, seed=3)

@@ -279,6 +279,32 @@ void MaskBlocks(InstructionSet set, const MaskParams& p, int64_t begin, int64_t 
   MaskBlocksPortable(p, begin, end, n, out);
 }
 
+// ---------------------------------------------------------------- one loop, three instruction sets
+
+// `Loop` inlined into a function compiled for AVX-512, for AVX2 or for neither, so that the
+// compiler vectorises the same source for each; `Run` calls the one `set` names.
+template <auto Loop, typename... Args>
+__attribute__((target("avx512f,avx2,fma"))) void RunAvx512(Args... args) {
+  Loop(args...);
+}
+template <auto Loop, typename... Args>
+__attribute__((target("avx2,fma"))) void RunAvx2(Args... args) {
+  Loop(args...);
+}
+template <auto Loop, typename... Args>
+void RunPortable(Args... args) {
+  Loop(args...);
+}
+
+template <auto Loop, typename... Args>
+void Run(InstructionSet set, Args... args) {
+#ifdef TOKENLEARNER_X86
+  if (set == InstructionSet::kAvx512) return RunAvx512<Loop>(args...);
+  if (set == InstructionSet::kAvx2) return RunAvx2<Loop>(args...);
+#endif
+  RunPortable<Loop>(args...);
+}
+
 // ---------------------------------------------------------------- GELU
 
 constexpr float kSqrt2OverPi = 0.7978845608028654f, kCubic = 0.044715f;
@@ -328,38 +354,6 @@ inline __attribute__((always_inline)) void GeluGradLoop(const float* __restrict 
     const float slope = kSqrt2OverPi * (1.0f + 3.0f * kCubic * v * v);
     dx[i] = dy[i] * (gate + 2.0f * v * gate * (1.0f - gate) * slope);
   }
-}
-
-void GeluPortable(const float* x, float* y, int64_t n) { GeluLoop(x, y, n); }
-void GeluGradPortable(const float* dy, const float* x, float* dx, int64_t n) { GeluGradLoop(dy, x, dx, n); }
-#ifdef TOKENLEARNER_X86
-__attribute__((target("avx512f,avx2,fma"))) void GeluAvx512(const float* x, float* y, int64_t n) {
-  GeluLoop(x, y, n);
-}
-__attribute__((target("avx512f,avx2,fma"))) void GeluGradAvx512(const float* dy, const float* x, float* dx,
-                                                                int64_t n) {
-  GeluGradLoop(dy, x, dx, n);
-}
-__attribute__((target("avx2,fma"))) void GeluAvx2(const float* x, float* y, int64_t n) { GeluLoop(x, y, n); }
-__attribute__((target("avx2,fma"))) void GeluGradAvx2(const float* dy, const float* x, float* dx, int64_t n) {
-  GeluGradLoop(dy, x, dx, n);
-}
-#endif
-
-void Gelu(InstructionSet set, const float* x, float* y, int64_t n) {
-#ifdef TOKENLEARNER_X86
-  if (set == InstructionSet::kAvx512) return GeluAvx512(x, y, n);
-  if (set == InstructionSet::kAvx2) return GeluAvx2(x, y, n);
-#endif
-  GeluPortable(x, y, n);
-}
-
-void GeluGrad(InstructionSet set, const float* dy, const float* x, float* dx, int64_t n) {
-#ifdef TOKENLEARNER_X86
-  if (set == InstructionSet::kAvx512) return GeluGradAvx512(dy, x, dx, n);
-  if (set == InstructionSet::kAvx2) return GeluGradAvx2(dy, x, dx, n);
-#endif
-  GeluGradPortable(dy, x, dx, n);
 }
 
 // ---------------------------------------------------------------- LayerNorm
@@ -426,43 +420,6 @@ inline __attribute__((always_inline)) void LayerNormGradRows(const float* __rest
       out[c] = moments.inverse_std * (gradient[c] * gamma[c] - g_mean - xhat * g_xhat_mean);
     }
   }
-}
-
-#define TOKENLEARNER_LAYER_NORM_VARIANT(suffix, target)                                                          \
-  target void LayerNorm##suffix(const float* x, const float* gamma, const float* beta, float* y, int64_t rows,  \
-                                int64_t width, float epsilon) {                                                 \
-    LayerNormRows(x, gamma, beta, y, rows, width, epsilon);                                                     \
-  }                                                                                                             \
-  target void LayerNormGrad##suffix(const float* dy, const float* x, const float* gamma, float* dx,             \
-                                    float* gamma_sum, float* beta_sum, int64_t rows, int64_t width,             \
-                                    float epsilon) {                                                            \
-    LayerNormGradRows(dy, x, gamma, dx, gamma_sum, beta_sum, rows, width, epsilon);                             \
-  }
-
-TOKENLEARNER_LAYER_NORM_VARIANT(Portable, )
-#ifdef TOKENLEARNER_X86
-TOKENLEARNER_LAYER_NORM_VARIANT(Avx512, __attribute__((target("avx512f,avx2,fma"))))
-TOKENLEARNER_LAYER_NORM_VARIANT(Avx2, __attribute__((target("avx2,fma"))))
-#endif
-
-void LayerNorm(InstructionSet set, const float* x, const float* gamma, const float* beta, float* y, int64_t rows,
-               int64_t width, float epsilon) {
-#ifdef TOKENLEARNER_X86
-  if (set == InstructionSet::kAvx512) return LayerNormAvx512(x, gamma, beta, y, rows, width, epsilon);
-  if (set == InstructionSet::kAvx2) return LayerNormAvx2(x, gamma, beta, y, rows, width, epsilon);
-#endif
-  LayerNormPortable(x, gamma, beta, y, rows, width, epsilon);
-}
-
-void LayerNormGrad(InstructionSet set, const float* dy, const float* x, const float* gamma, float* dx,
-                   float* gamma_sum, float* beta_sum, int64_t rows, int64_t width, float epsilon) {
-#ifdef TOKENLEARNER_X86
-  if (set == InstructionSet::kAvx512)
-    return LayerNormGradAvx512(dy, x, gamma, dx, gamma_sum, beta_sum, rows, width, epsilon);
-  if (set == InstructionSet::kAvx2)
-    return LayerNormGradAvx2(dy, x, gamma, dx, gamma_sum, beta_sum, rows, width, epsilon);
-#endif
-  LayerNormGradPortable(dy, x, gamma, dx, gamma_sum, beta_sum, rows, width, epsilon);
 }
 
 // ---------------------------------------------------------------- kernels
@@ -542,7 +499,7 @@ class GeluOp : public InstructionSetKernel {
     const InstructionSet set = set_;
     Parallel(ctx, (n + kGeluBlock - 1) / kGeluBlock, 10 * kGeluBlock, [&](int64_t begin, int64_t end) {
       const int64_t first = begin * kGeluBlock, last = std::min(n, end * kGeluBlock);
-      Gelu(set, in + first, out + first, last - first);
+      Run<GeluLoop>(set, in + first, out + first, last - first);
     });
   }
 };
@@ -564,7 +521,7 @@ class GeluGradOp : public InstructionSetKernel {
     const InstructionSet set = set_;
     Parallel(ctx, (n + kGeluBlock - 1) / kGeluBlock, 15 * kGeluBlock, [&](int64_t begin, int64_t end) {
       const int64_t first = begin * kGeluBlock, last = std::min(n, end * kGeluBlock);
-      GeluGrad(set, gradient + first, in + first, out + first, last - first);
+      Run<GeluGradLoop>(set, gradient + first, in + first, out + first, last - first);
     });
   }
 };
@@ -612,7 +569,8 @@ class LayerNormOp : public LayerNormKernel {
     Parallel(ctx, (rows + kLayerNormBlock - 1) / kLayerNormBlock, 6 * width * kLayerNormBlock,
              [&](int64_t begin, int64_t end) {
                const int64_t first = begin * kLayerNormBlock, last = std::min(rows, end * kLayerNormBlock);
-               LayerNorm(set, in + first * width, scale, shift, out + first * width, last - first, width, epsilon);
+               Run<LayerNormRows>(set, in + first * width, scale, shift, out + first * width, last - first, width,
+                                  epsilon);
              });
   }
 };
@@ -647,8 +605,8 @@ class LayerNormGradOp : public LayerNormKernel {
       for (int64_t block = begin; block < end; ++block) {
         const int64_t first = block * kLayerNormBlock, count = std::min(rows, first + kLayerNormBlock) - first;
         float* gamma_sum = block_sums + block * 2 * width;
-        LayerNormGrad(set, gradient + first * width, in + first * width, scale, out + first * width, gamma_sum,
-                      gamma_sum + width, count, width, epsilon);
+        Run<LayerNormGradRows>(set, gradient + first * width, in + first * width, scale, out + first * width,
+                               gamma_sum, gamma_sum + width, count, width, epsilon);
       }
     });
     float* gamma_total = dgamma->flat<float>().data();
