@@ -88,8 +88,8 @@ def test_a_slider_moved_in_the_browser_changes_the_macs(browser, server):
 
 def test_the_attention_page_shows_overlays(browser, server):
     page = open_page(browser, server, "attention")
-    page.locator('[data-testid="stImage"]').first.wait_for(timeout=60_000)
-    assert page.locator('[data-testid="stImage"]').count() >= 2
+    # the second image (the overlays) streams in after the first: wait for it, not count at once
+    page.locator('[data-testid="stImage"]').nth(1).wait_for(timeout=60_000)
     assert page.locator('[data-testid="stException"]').count() == 0
     page.close()
 
