@@ -2,7 +2,16 @@
 
 import streamlit as st
 
+from tokenlearner.limits import Limits
+
 st.set_page_config(page_title="TokenLearner Explorer", page_icon=":material/grid_view:", layout="wide")
+try:
+    limits = Limits.current()
+except ValueError as error:  # the operator's settings: say which, to whoever opens the page
+    st.error(f"This instance is misconfigured: {error}")
+    st.stop()
+if limits.demo:  # a public visitor sees that something failed, never the server's paths and code
+    st.set_option("client.showErrorDetails", "none")
 page = st.navigation(
     [
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

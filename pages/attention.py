@@ -8,7 +8,7 @@ from tokenlearner.gallery import pick_images, showcase
 from tokenlearner.images import ImageError, read_image, to_model_input
 from tokenlearner.overlay import COLORMAPS, dominant_token_image, enlarge, overlay_grid, stack_rows
 from tokenlearner.runs import RunError, find_runs
-from tokenlearner.ui import data_directory, load_run_model, load_test_set, run_fixed_images, test_predictions
+from tokenlearner.ui import as_text, data_directory, load_run_model, load_test_set, run_fixed_images, test_predictions
 
 st.title("Attention")
 runs, problems = find_runs()
@@ -19,9 +19,14 @@ if not runs:
     st.info("No trained model yet: train one on the Train page (or with `python -m tokenlearner train`).")
     st.stop()
 
-showcased = showcase(runs)  # the most accurate model with token maps, as on the home page
-choice = st.selectbox("model", runs, index=runs.index(showcased) if showcased else 0,
+# A link may name the model (?run=checkpoints/v1-8-tokens): only a run in the list is taken.
+linked = next((run for run in runs if run.name == st.query_params.get("run")), None)
+if "run" in st.query_params and linked is None:
+    st.warning(f"The link names no model here ({as_text(st.query_params['run'][:100])}); showing the best one.")
+default = linked or showcase(runs)  # else the most accurate model with token maps, as on the home page
+choice = st.selectbox("model", runs, index=runs.index(default) if default else 0,
                       format_func=lambda run: f"{run.name} ({run.state})", key="attention_run")
+st.query_params["run"] = choice.name
 config = choice.config
 if config.tokenlearner == "none":
     st.info("This model has no TokenLearner, so it has no token maps; its predictions are shown below.")
@@ -50,9 +55,9 @@ if source == "my own image":
         else:
             images = to_model_input(original)[None]
             before, after = st.columns(2)
-            before.image(original, caption=f"your image, {original.width}x{original.height}", width=240)
+            before.image(original, caption="your image", width=240)
             after.image(images[0], caption="what the model sees, 32x32", width=240)
-            captions = [upload.name]
+            captions = [as_text(upload.name)]
 else:
     directory = data_directory("attention")
     if directory is not None:

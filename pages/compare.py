@@ -2,8 +2,9 @@ import streamlit as st
 
 from tokenlearner.charts import accuracy_cost_figure, curves_overlay_figure
 from tokenlearner.compare import deletable, delete_run, epochs_csv, keras_io_table, pareto_front, runs_table, to_csv
+from tokenlearner.limits import Limits
 from tokenlearner.runs import PUBLISHED_GRIDS_DIR, find_grid_runs, find_runs
-from tokenlearner.ui import Limits
+
 
 st.title("Compare")
 runs, problems = find_runs()

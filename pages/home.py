@@ -6,7 +6,7 @@ from tokenlearner.gallery import showcase
 from tokenlearner.overlay import overlay_grid
 from tokenlearner.presets import PRESETS, PUBLISHED
 from tokenlearner.runs import find_runs
-from tokenlearner.ui import run_fixed_images
+from tokenlearner.ui import chosen_data_dir, run_fixed_images
 
 st.title("TokenLearner Explorer")
 st.markdown(
@@ -27,7 +27,7 @@ if shown is not None:
     epoch = shown.summary["best_epoch"]
     _, maps = shown.run.maps(epoch)
     try:
-        images = run_fixed_images(shown.run, str(find_data_dir(st.session_state.get("data_dir"))))
+        images = run_fixed_images(shown.run, str(find_data_dir(chosen_data_dir())))
     except DataError:
         images = None
     caption = (f"What the {shown.config.num_tokens} tokens of {shown.name} "

@@ -4,11 +4,12 @@ import streamlit as st
 
 from tokenlearner.charts import training_curves_figure
 from tokenlearner.flops import count
-from tokenlearner.jobs import (JobError, active_job, job_log, last_job, recipe_beyond_controls, recipe_from_controls,
-                               start_job)
+from tokenlearner.jobs import (JobError, active_job, job_log, last_job, may_stop, recipe_beyond_controls,
+                               recipe_from_controls, start_job, stop_job)
+from tokenlearner.limits import Limits
 from tokenlearner.overlay import overlay_grid
 from tokenlearner.runs import runs_root
-from tokenlearner.ui import Limits, data_directory, model_controls, preset_picker, run_fixed_images
+from tokenlearner.ui import as_text, data_directory, model_controls, preset_picker, run_fixed_images
 
 st.title("Train")
 root = runs_root()
@@ -25,25 +26,31 @@ def live_job():
     if not run.path.exists():
         log = job_log(run)  # a deleted run takes its log along; a job that failed early leaves only its log
         if running is None and log:
-            st.error(f"{run.path.name} ended before it began training:\n\n{log[-600:]}")
+            st.error(f"{as_text(run.path.name)} ended before it began training:")
+            st.code(log[-600:], language=None)
         elif running is not None:
             st.info(STARTING)
         return
     status = run.status()
     state = status.get("state", "starting")
-    st.subheader(f"{run.path.name}: {state}")
+    st.subheader(f"{as_text(run.path.name)}: {state}")
     progress = run.progress()
     if state == "running" and progress:
         steps_done = (progress["epoch"] - 1) * progress["steps"] + progress["step"]
         done = steps_done / (progress["epochs"] * progress["steps"])
         st.progress(min(done, 1.0), text=f"epoch {progress['epoch']}/{progress['epochs']}, step {progress['step']}/"
                     f"{progress['steps']}, {progress['images_per_s']:.0f} images/s, ETA {progress['eta_s']:.0f} s")
-        if st.button("Stop", key="train_stop"):
-            run.request_stop()
+        owner = st.session_state.get("train_job_owner")
+        if may_stop(root, owner) and st.button("Stop", key="train_stop"):
+            try:
+                stop_job(root, owner)
+            except JobError as error:
+                st.error(str(error))
     elif state == "unknown" and running is not None:
         st.info(STARTING)
     elif state == "failed":
-        st.error(status.get("error", "the job failed") + "\n\n" + job_log(run)[-600:])
+        st.error(as_text(status.get("error", "the job failed")))
+        st.code(job_log(run)[-600:], language=None)
     elif state in ("finished", "stopped"):
         summary = run.summary() or {}
         if summary.get("test_top1") is not None:
@@ -89,10 +96,11 @@ with st.expander("New training run", expanded=running is None):
         learning_rate = st.select_slider("learning rate", [1e-4, 3e-4, 1e-3, 3e-3], base.learning_rate,
                                          key="train_lr")
         seed = st.number_input("seed", 0, 1_000_000, base.seed, key="train_seed")
-        if limits.max_images:
-            limit = st.number_input("training images", 100, limits.max_images, limits.max_images, step=100,
-                                    key="train_limit")
-            st.caption(f"This public demo trains at most {limits.max_epochs} epochs on {limits.max_images:,} images.")
+        if limits.max_train_images:
+            limit = st.number_input("training images", 100, limits.max_train_images, limits.max_train_images,
+                                    step=100, key="train_limit")
+            st.caption(f"This public demo trains at most {limits.max_epochs} epochs on {limits.max_train_images:,} "
+                       f"images, and validates and tests on {limits.max_eval_images:,}.")
         else:
             limit = st.number_input("training images (0: all)", 0, 50_000, base.limit, step=100, key="train_limit")
         recipe = recipe_from_controls(base, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -104,9 +112,9 @@ with st.expander("New training run", expanded=running is None):
         name = st.text_input("run name", key="train_name")
     if st.button("Start training", type="primary", disabled=data_dir is None, key="train_start"):
         try:
-            start_job(model, recipe, root, name.strip(), data_dir)
+            st.session_state["train_job_owner"] = start_job(model, recipe, root, name.strip(), data_dir).owner
         except JobError as error:
-            st.error(str(error))
+            st.error(as_text(str(error)))
         else:
             st.rerun()
 live_job()

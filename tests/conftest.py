@@ -30,3 +30,17 @@ def cifar_dir() -> Path:
     if not configured or not Path(configured).is_dir():
         pytest.skip("TOKENLEARNER_DATA_DIR does not point at a cifar-10-batches-py folder")
     return Path(configured)
+
+
+@pytest.fixture(autouse=True)
+def _streamlit_error_details():
+    """A demo's app.py hides error details through Streamlit's process-wide config; the
+    next test in this worker gets the setting back."""
+    if "streamlit" not in sys.modules:
+        yield
+        return
+    import streamlit
+
+    saved = streamlit.get_option("client.showErrorDetails")
+    yield
+    streamlit.set_option("client.showErrorDetails", saved)

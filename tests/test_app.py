@@ -1,12 +1,15 @@
 """The Streamlit app, driven by streamlit.testing.v1.AppTest: every page renders without
 an exception, and moving a slider changes the MACs shown."""
 
+import os
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from tokenlearner.charts import macs_breakdown_figure, macs_sweep_figure
 from tokenlearner.config import ModelConfig
 from tokenlearner.flops import count
+from tokenlearner.runs import RunDirectory
 
 PAGES = ["pages/home.py", "pages/train.py", "pages/attention.py", "pages/compare.py", "pages/flops.py"]
 
@@ -254,8 +257,9 @@ def test_train_page_shows_why_a_job_ended_before_it_began_training(tmp_path, mon
     test.switch_page("pages/train.py").run()
     assert not test.exception, test.exception
     assert not (tmp_path / "runs" / "broken").exists()
-    assert any("broken ended before it began training" in message.value and "data_batch_2 is truncated" in message.value
-               for message in test.error), [message.value for message in test.error]
+    assert any("broken ended before it began training" in message.value for message in test.error), \
+        [message.value for message in test.error]
+    assert any("data_batch_2 is truncated" in block.value for block in test.code), "the job's log, shown as typed"
     assert test.button(key="train_start").disabled, "the page offers no start on a folder it cannot read"
 
 
@@ -560,3 +564,96 @@ def test_a_shipped_checkpoint_is_shown_on_home_and_attention(cifar_dir, tmp_path
         assert len(test.get("image")) == (2 if name in without_maps else 2 * 2 + 1), name
         replay = "How the maps formed during training" in [header.value for header in test.subheader]
         assert replay == (name not in without_maps), name
+
+
+@pytest.fixture
+def demo(monkeypatch):
+    monkeypatch.setenv("TOKENLEARNER_DEMO", "yes")
+
+
+def test_a_demo_hides_error_details_and_the_data_folder_and_download_controls(demo, tmp_path, monkeypatch):
+    import streamlit
+
+    monkeypatch.delenv("TOKENLEARNER_DATA_DIR", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "runs"))
+    test = app().run()
+    assert streamlit.get_option("client.showErrorDetails") == "none"
+    test.switch_page("pages/train.py").run()
+    assert not test.exception, test.exception
+    assert "CIFAR-10 is not available on this instance" in test.info[0].value
+    assert not test.warning, "a visitor learns nothing of the server's folders"
+    assert [field.key for field in test.text_input] == ["train_name"]  # no folder field
+    assert [button.key for button in test.button] == ["train_start"]  # no download button
+
+
+def test_a_run_name_with_markdown_is_refused_and_shown_as_typed(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "runs"))
+    if not os.environ.get("TOKENLEARNER_DATA_DIR"):
+        from cifar_files import make_cifar_folder
+
+        monkeypatch.setenv("TOKENLEARNER_DATA_DIR", str(make_cifar_folder(tmp_path / "cifar-10-batches-py")))
+    test = app().run()
+    test.switch_page("pages/train.py").run()
+    test.text_input(key="train_name").set_value("[click](https://example.com) **now**").run()
+    test.button(key="train_start").click().run()
+    assert not test.exception, test.exception
+    assert r"\[click\](https\://example.com) \*\*now\*\*" in test.error[0].value
+    assert not (tmp_path / "runs").exists()
+
+
+def test_only_the_session_that_started_a_demo_job_sees_stop(demo, tmp_path, monkeypatch):
+    from cifar_files import make_cifar_folder
+
+    from tokenlearner import jobs
+
+    class Training:  # the job: alive (this process), its progress written below
+        def __init__(self, command, **options):
+            self.pid = os.getpid()
+
+    monkeypatch.setattr(jobs.subprocess, "Popen", Training)
+    monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("TOKENLEARNER_DATA_DIR", str(make_cifar_folder(tmp_path / "cifar-10-batches-py")))
+    starter, visitor = app().run(), app().run()
+    for session in (starter, visitor):
+        session.switch_page("pages/train.py").run()
+    starter.text_input(key="train_name").set_value("mine").run()
+    starter.button(key="train_start").click().run()
+    run = RunDirectory(tmp_path / "runs" / "mine").create({"model": ModelConfig().to_dict()})
+    run.set_status("running")
+    run.write_progress(epoch=1, epochs=5, step=1, steps=8, images_per_s=100.0, eta_s=10.0)
+    starter.run()
+    visitor.run()
+    assert not starter.exception and not visitor.exception
+    assert [button.key for button in starter.button if button.key == "train_stop"] == ["train_stop"]
+    assert not [button for button in visitor.button if button.key == "train_stop"]
+    starter.button(key="train_stop").click().run()
+    assert run.stop_requested()
+
+
+def test_a_link_to_a_model_opens_it_and_a_link_to_no_model_says_so(explorer):
+    test = app()
+    test.query_params["run"] = "runs/fuser-run"
+    test.run()
+    test.switch_page("pages/attention.py").run()
+    assert test.selectbox(key="attention_run").value.name == "runs/fuser-run" and not test.warning
+
+    test = app()
+    test.query_params["run"] = "../../etc/passwd"
+    test.run()
+    test.switch_page("pages/attention.py").run()
+    assert not test.exception
+    assert "The link names no model here (../../etc/passwd); showing the best one" in test.warning[0].value
+    assert test.selectbox(key="attention_run").value.name == "runs/fuser-run"
+
+
+def test_a_demo_refuses_an_upload_above_its_pixel_cap(explorer, demo):
+    from PIL import Image
+    from test_images import encode
+
+    test = attention_page()
+    test.radio(key="attention_source").set_value("my own image").run()
+    big = encode(Image.new("L", (3000, 3000)), "PNG")
+    test.file_uploader(key="attention_upload").set_value(("big.png", big, "image/png")).run()
+    assert not test.exception
+    assert "the limit is 8 MP" in test.error[0].value

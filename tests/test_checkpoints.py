@@ -46,7 +46,7 @@ class TestShippedCheckpoint:
         assert folder.name in GRID, f"{folder.name} is not a config of grids/checkpoints.json"
         run, expected = RunDirectory(folder), GRID[folder.name]
         assert run.model_config() == expected.model
-        assert run.record()["train"] == expected.train.to_dict()
+        assert run.train_config() == expected.train
         assert run.status()["state"] == "finished"
 
     def test_card_agrees_with_its_files(self, folder):

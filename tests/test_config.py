@@ -94,7 +94,8 @@ def test_config_import_does_not_load_tensorflow():
     ModelConfig(depth=8, placement=0, pooling="sum", inference_crop="center"),
 ], ids=["keras-io", "v11-fuser", "sum-pooling-depth-8"])
 def test_config_flags_give_back_the_configs(model):
-    from tokenlearner.cli import build_parser, config_flags, model_config, train_config
+    from tokenlearner.cli import build_parser
+    from tokenlearner.flags import config_flags, model_config, train_config
     from tokenlearner.config import TrainConfig
 
     train = TrainConfig(epochs=3, label_smoothing=0.1, schedule="cosine", seed=5)

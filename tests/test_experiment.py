@@ -187,7 +187,7 @@ def test_the_published_keras_io_runs_are_finished_runs_of_the_shipped_grid_and_d
         directory = RunDirectory(config_file.parent)
         run = expected[(directory.path.parent.name, int(directory.path.name.removeprefix("seed_")))]
         assert directory.status()["state"] == "finished", directory.path
-        assert directory.model_config() == run.model and directory.record()["train"] == run.train.to_dict()
+        assert directory.model_config() == run.model and directory.train_config() == run.train
         assert 0 < directory.summary()["test_top1"] <= 1 and len(directory.epochs()) == run.train.epochs
 
     _, table = write_results(results(grid, published), tmp_path)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tokenlearner import ModelConfig
-from tokenlearner.cli import build_parser, model_config
+from tokenlearner.cli import build_parser
+from tokenlearner.flags import model_config
 from tokenlearner.keras_io import keras_io_weight_map, load_keras_io_weights, reference_flags
 from tokenlearner.runs import RunDirectory
 

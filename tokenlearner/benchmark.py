@@ -21,6 +21,7 @@ import numpy as np
 from tokenlearner import native
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import find_data_dir
+from tokenlearner.flags import config_flags
 from tokenlearner.keras_io import reference_flags
 
 INFERENCE_REPEATS = 3
@@ -98,7 +99,6 @@ def compare_with_reference(script: Path, data_dir: str | None, config: ModelConf
         raise ComparisonError(str(error)) from None
     reference_command = [sys.executable, "-m", "tokenlearner.fit_timing", str(script),
                          str(find_data_dir(data_dir)), "--steps", str(steps), "--batch", str(batch_size), *flags]
-    from tokenlearner.cli import config_flags
 
     ours_command = [sys.executable, "-m", "tokenlearner", "bench", "--json", "--steps", str(steps),
                     "--batch-size", str(batch_size), *config_flags(config)]

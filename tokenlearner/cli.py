@@ -8,7 +8,6 @@ ends in one line on stderr and a non-zero exit, without a traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -16,101 +15,22 @@ import time
 from pathlib import Path
 
 from tokenlearner.benchmark import ComparisonError, benchmark, compare_with_reference
-from tokenlearner.config import ModelConfig, TrainConfig
+from tokenlearner.config import ModelConfig
 from tokenlearner.data import DATA_ENV, DataError
+from tokenlearner.flags import UsageError, add_model_flags, add_train_flags, model_config, train_config
 from tokenlearner.images import ImageError
-from tokenlearner.presets import DEFAULT_PRESET, PRESETS, preset
+from tokenlearner.native import BuildError
 from tokenlearner.runs import RunDirectory, RunError
 
 
-class UsageError(Exception):
-    """A mistake in what the user asked for; printed as one line."""
-
-
 # What each of these says is meant for the user: main prints it as one line, as a UsageError.
-USER_ERRORS = (UsageError, DataError, ImageError, RunError, ComparisonError)
+USER_ERRORS = (UsageError, DataError, ImageError, RunError, ComparisonError, BuildError)
 REFERENCE_PAIRS = 3
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (defaults: the keras.io example)")
-    group.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
-                       help="configuration to start from; the flags below override it")
-    _add_fields(group, ModelConfig)
-
-
-def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    _add_fields(parser.add_argument_group("training (defaults: the keras.io recipe)"), TrainConfig)
-
-
-def flag_name(config_class, name: str) -> str:
-    """The command-line flag of a config field: `--` and its name with dashes, unless the
-    field names its own (`num_tokens` is `--tokens`)."""
-    field = next(f for f in dataclasses.fields(config_class) if f.name == name)
-    return field.metadata.get("flag") or "--" + name.replace("_", "-")
-
-
-def config_flags(*configs) -> list[str]:
-    """Command-line flags that set every field of these configs to its value."""
-    flags = []
-    for config in configs:
-        for name, value in config.to_dict().items():
-            flag = flag_name(type(config), name)
-            if isinstance(value, bool):
-                flags.append(flag if value else "--no-" + flag[2:])
-            elif isinstance(value, list):
-                flags += [flag, ",".join(map(str, value))]
-            else:
-                flags += [flag, str(value)]
-    return flags
-
-
-def _add_fields(group, config_class) -> None:
-    for field in dataclasses.fields(config_class):
-        flag = flag_name(config_class, field.name)
-        help_text = f"{field.metadata['help']} (default {_show(field.default)})"
-        if field.type == "bool":
-            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text)
-        else:
-            kind = {"int": int, "float": float, "str": str, "tuple[int, ...]": _int_list}[field.type]
-            group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=field.name.upper(),
-                               help=help_text)
-
-
-def _overrides(args: argparse.Namespace, config_class) -> dict:
-    return {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(config_class)
-        if getattr(args, field.name) is not None
-    }
-
-
-def model_config(args: argparse.Namespace) -> ModelConfig:
-    """The config the flags describe; a `UsageError` with the config's message if invalid."""
-    try:
-        return preset(args.preset).replace(**_overrides(args, ModelConfig))
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-
-
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    try:
-        return TrainConfig(**_overrides(args, TrainConfig))
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def _positive_int(text: str) -> int:
@@ -121,10 +41,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return value
-
-
-def _show(value) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def import_keras_quietly(one_thread_per_op: bool = False) -> None:
@@ -416,6 +332,14 @@ def run_ship(args: argparse.Namespace) -> None:
     print(f"wrote {destination} ({sum(p.stat().st_size for p in destination.rglob('*')) / 2**20:.1f} MB)")
 
 
+def run_build_kernels(args: argparse.Namespace) -> None:
+    import_keras_quietly()
+    from tokenlearner import native
+
+    print(f"built {native.build()}")
+    print(f"the model runs {native.describe()}")
+
+
 def run_bench_app(args: argparse.Namespace) -> None:
     import_keras_quietly()
     from tokenlearner.app_benchmark import measure, overlay_ms
@@ -469,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluator.set_defaults(handler=run_evaluate)
 
     downloader = commands.add_parser("download", help="download CIFAR-10 into the Keras cache (about 170 MB)")
-    downloader.add_argument("--cache-dir", help="instead of ~/.keras")
+    downloader.add_argument("--cache-dir", help="instead of $KERAS_HOME or ~/.keras")
     downloader.set_defaults(handler=run_download)
 
     predictor = commands.add_parser("predict", help="top-5 classes of a PNG/JPEG, and optionally its token maps")
@@ -493,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     shipper.add_argument("--into", default="checkpoints", help="where checkpoints live (default: checkpoints)")
     shipper.add_argument("--data-dir", help="a cifar-10-batches-py folder, for the picture of the maps")
     shipper.set_defaults(handler=run_ship)
+
+    kernels = commands.add_parser("build-kernels", help="compile the native kernels into the cache now (a public "
+                                  "demo never compiles them inside a request)")
+    kernels.set_defaults(handler=run_build_kernels)
 
     bench_app = commands.add_parser("bench-app", help="app start-up time, overlay time and memory (needs Chromium)")
     bench_app.add_argument("--runs", nargs=2, required=True, help="two run directories in one folder")

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from tokenlearner.config import TrainConfig
 from tokenlearner.flops import count
+from tokenlearner.limits import Limits
 from tokenlearner.presets import PRESETS, PUBLISHED
-from tokenlearner.runs import RunInfo, runs_root
+from tokenlearner.runs import RunError, RunInfo, runs_root
 
 
 def runs_table(runs: list[RunInfo]) -> list[dict]:
@@ -66,12 +67,14 @@ def keras_io_table(runs: list[RunInfo], published_runs: list[RunInfo] = ()) -> l
 
 def _split_by_recipe(runs: list[RunInfo], config) -> tuple[list[RunInfo], list[RunInfo]]:
     """The finished runs of exactly `config`: those under the keras.io recipe (any seed), and the rest."""
-    keras_io_recipe = TrainConfig().to_dict()
     plain, other = [], []
     for run in runs:
         if run.config == config and run.summary and run.summary.get("test_top1"):
-            recipe = {**run.run.record().get("train", {}), "seed": 0}
-            (plain if recipe == keras_io_recipe else other).append(run)
+            try:
+                recipe = run.run.train_config().replace(seed=0)
+            except RunError:
+                recipe = None
+            (plain if recipe == TrainConfig() else other).append(run)
     return plain, other
 
 
@@ -119,6 +122,8 @@ def epochs_csv(runs: list[RunInfo]) -> str:
 
 
 def _why_not_deletable(run: RunInfo) -> str | None:
+    if not Limits.current().allow_delete:
+        return "runs cannot be deleted on this instance"
     if run.run.path.resolve().parent != runs_root().resolve():
         return f"{run.name} is not in the runs folder: only trained runs can be deleted"
     if run.run.status().get("state") == "running":

@@ -237,6 +237,7 @@ class TrainConfig:
     seed: int = _knob(0, "seed of the split, the shuffling, the initial weights, augmentation and dropout")
     validation_fraction: float = _knob(0.2, "share of the training batches held out for validation (keras.io: 0.2)")
     limit: int = _knob(0, "train on only this many images (0: all), for quick runs")
+    eval_limit: int = _knob(0, "validate and test on only this many images each (0: all), for quick runs")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -258,6 +259,7 @@ class TrainConfig:
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction={self.validation_fraction} is out of range: must be in (0, 1)")
         _in_range("limit", self.limit, 0, 10_000_000, "0 means every training image")
+        _in_range("eval_limit", self.eval_limit, 0, 10_000_000, "0 means every validation and test image")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

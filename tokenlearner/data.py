@@ -11,11 +11,14 @@ numpy's array reconstruction and plain containers; anything else is refused.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -30,6 +33,10 @@ DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 DOWNLOAD_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
 DOWNLOAD_NAME = "cifar-10-batches-py-target"
 DOWNLOAD_BYTES = 170_498_071
+DOWNLOAD_LOCK = "cifar-10-download.lock"
+# An official batch is 30.7 MB (10,000 rows); anything much larger is not one, and is not
+# read into memory to find that out.
+MAX_BATCH_BYTES = 64 * 2**20
 
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
@@ -82,6 +89,9 @@ class _BatchUnpickler(pickle.Unpickler):
 def read_batch(path: Path) -> dict:
     """One unpickled batch file, its keys decoded to str; `DataError` names the file."""
     try:
+        if path.is_file() and path.stat().st_size > MAX_BATCH_BYTES:
+            raise DataError(f"{path} is {path.stat().st_size / 2**20:.0f} MB: a CIFAR-10 batch is about 31 MB, "
+                            f"and files over {MAX_BATCH_BYTES / 2**20:.0f} MB are not read")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path} is missing: a {FOLDER} folder needs {', '.join(TRAIN_BATCHES)}, "
@@ -133,15 +143,61 @@ def load_cifar10(directory: str | os.PathLike) -> Cifar10:
     )
 
 
+def datasets_dir(keras_home: str | os.PathLike | None = None) -> Path:
+    """Where Keras keeps downloaded data sets: `keras_home/datasets`, else
+    `$KERAS_HOME/datasets`, else `~/.keras/datasets`, or `/tmp/.keras/datasets` where that
+    cannot be written (as Keras itself falls back)."""
+    home = Path(keras_home or os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    writable = home if home.exists() else home.parent
+    if not os.access(writable, os.W_OK):
+        home = Path(tempfile.gettempdir()) / ".keras"
+    return home / "datasets"
+
+
 def keras_cache_dirs() -> list[Path]:
     """Where Keras' own download of CIFAR-10 lands (current and older Keras layouts)."""
-    datasets = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+    datasets = datasets_dir()
     return [datasets / DOWNLOAD_NAME / FOLDER, datasets / FOLDER]
 
 
 def download_archive() -> Path:
     """Where Keras' file utility writes the archive while it downloads (for a progress bar)."""
-    return keras_cache_dirs()[0].parent.parent / f"{DOWNLOAD_NAME}_archive"
+    return datasets_dir() / f"{DOWNLOAD_NAME}_archive"
+
+
+def download_log() -> Path:
+    """Where a download started from the app writes its output (one for the machine, as the download is)."""
+    return datasets_dir() / "cifar-10-download.log"
+
+
+@contextlib.contextmanager
+def _download_lock(datasets: Path) -> Iterator[None]:
+    import fcntl
+
+    lock = datasets / DOWNLOAD_LOCK
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def download_running() -> bool:
+    """Whether a download holds the machine's download lock now."""
+    import fcntl
+
+    lock = datasets_dir() / DOWNLOAD_LOCK
+    if not lock.exists():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -166,32 +222,40 @@ def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
     )
 
 
-def download(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Download and unpack CIFAR-10 through Keras' file utility (checksum verified) into the
-    Keras cache, and return the `cifar-10-batches-py` folder."""
+def download(keras_home: str | os.PathLike | None = None) -> Path:
+    """Download and unpack CIFAR-10 through Keras' file utility (checksum verified) into
+    `datasets_dir(keras_home)`, and return the `cifar-10-batches-py` folder. One download runs at a
+    time on the machine (Keras writes the archive in place): a second waits for the first
+    and then finds the data there."""
     import keras
 
-    try:
-        path = keras.utils.get_file(
-            fname=DOWNLOAD_NAME, origin=DOWNLOAD_URL, extract=True, file_hash=DOWNLOAD_SHA256,
-            cache_dir=None if cache_dir is None else str(cache_dir),
-        )
-    except Exception as error:  # network and checksum failures come as several types
-        raise DataError(f"downloading CIFAR-10 from {DOWNLOAD_URL} failed ({type(error).__name__}: {error})") from None
+    datasets = datasets_dir(keras_home)
+    with _download_lock(datasets):
+        for folder in (datasets / DOWNLOAD_NAME / FOLDER, datasets / FOLDER):
+            if (folder / TEST_BATCH).is_file():
+                return folder
+        try:
+            path = keras.utils.get_file(fname=DOWNLOAD_NAME, origin=DOWNLOAD_URL, extract=True,
+                                        file_hash=DOWNLOAD_SHA256, cache_dir=str(datasets.parent))
+        except Exception as error:  # network and checksum failures come as several types
+            raise DataError(f"downloading CIFAR-10 from {DOWNLOAD_URL} failed ({type(error).__name__}: {error})") \
+                from None
     return Path(path) / FOLDER
 
 
-def split(data: Cifar10, validation_fraction: float = 0.2, seed: int = 0, limit: int | None = None) -> Split:
+def split(data: Cifar10, validation_fraction: float = 0.2, seed: int = 0, limit: int | None = None,
+          eval_limit: int | None = None) -> Split:
     """Shuffle the training batches with `seed` and hold out `validation_fraction` of them
     (the keras.io example keeps 1 in 5); `limit` then keeps only the first `limit` training
-    images of the shuffled remainder, for quick runs."""
+    images of the shuffled remainder, and `eval_limit` the first of the held-out ones, for
+    quick runs."""
     order = np.random.default_rng(seed).permutation(len(data.train_labels))
     held_out = int(round(len(order) * validation_fraction))
     val, train = order[:held_out], order[held_out:]
-    if limit is not None:
-        if limit < 1:
-            raise DataError(f"limit={limit}: use at least one training image")
-        train = train[:limit]
+    for name, value in (("limit", limit), ("eval_limit", eval_limit)):
+        if value is not None and value < 1:
+            raise DataError(f"{name}={value}: use at least one image")
+    train, val = train[:limit], val[:eval_limit]
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"{len(data.train_labels)} training images cannot be split into non-empty "
                         f"training and validation parts with validation_fraction={validation_fraction}")

@@ -5,18 +5,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
+from tokenlearner import processes
+
+# .<stem>.<writer's pid>-<writer's start ticks>-<random><suffix>: a process killed
+# mid-write leaves one behind, and `remove_stale_temporaries` can tell it is dead.
+_TEMPORARY = re.compile(r"\..+\.(\d+)-(\d+)-[0-9a-f]{12}(\.[^.]*)?")
+
 
 def _new_file_beside(path: Path) -> Path:
-    """An empty file with a fresh hidden name beside `path`. It is created with mode 0666
-    so that the kernel applies the umask as for any new file; `tempfile.mkstemp` would make
-    it 0600, and reading the umask means setting it process-wide for a moment, which
-    another thread writing a file at that moment would see."""
+    """An empty file with a fresh hidden name beside `path`, named after this process. It
+    is created with mode 0666 so that the kernel applies the umask as for any new file;
+    `tempfile.mkstemp` would make it 0600, and reading the umask means setting it
+    process-wide for a moment, which another thread writing a file at that moment would see."""
+    writer = processes.identity()
     while True:
-        candidate = path.with_name(f".{path.stem}.{secrets.token_hex(6)}{path.suffix}")
+        candidate = path.with_name(f".{path.stem}.{writer['pid']}-{writer['start_ticks'] or 0}-"
+                                   f"{secrets.token_hex(6)}{path.suffix}")
         try:
             os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return candidate
@@ -40,6 +49,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries in `folder` (not below it) whose writer no longer runs, as a
+    run killed mid-write leaves them; return what was deleted."""
+    removed = []
+    for path in Path(folder).glob(".*"):
+        match = _TEMPORARY.fullmatch(path.name)
+        if match is None or not path.is_file():
+            continue
+        pid, ticks = int(match[1]), int(match[2])
+        if not processes.alive({"pid": pid, "start_ticks": ticks or None}):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -1,35 +1,50 @@
 """Images from users (uploads, files) turned into the model's 32x32 RGB input, safely.
 
-The pixel count a file declares is checked before anything is decoded, far below
+The pixel count a file will decode to is checked before anything is decoded, far below
 Pillow's own guard (which only warns at 89 megapixels), so a decompression bomb costs
-nothing. Grayscale, palette, RGBA (composited on white) and 16-bit images are converted.
+nothing. A JPEG is decoded at the smallest scale its format allows that still gives
+`PREVIEW_SIDE` pixels; everything else is shrunk to about that size right after decoding,
+before any conversion, so that what an image costs is its decoded size once, in its own
+mode (8 or 16 bits). Grayscale, palette, RGBA (composited on white) and 16-bit images are
+converted. One image is decoded at a time in a process: a server's sessions queue.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
-MAX_PIXELS = 16_000_000  # 16 megapixels: any real photo, far below a decompression bomb
 FORMATS = ("PNG", "JPEG")
+# The shorter side an image is shrunk to after decoding: enough to show it and to take
+# the model's 32x32 from it.
+PREVIEW_SIDE = 256
+_BAND_ROWS = 256  # rows converted or shrunk at a time
+_DECODING = threading.Lock()
 
 
 class ImageError(ValueError):
     """An input that is not a usable image; the message says why and what to do."""
 
 
-def read_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """A decoded RGB image from a PNG or JPEG file path or its bytes."""
+def read_image(source: str | os.PathLike | bytes, max_pixels: int | None = None) -> Image.Image:
+    """A decoded RGB image from a PNG or JPEG file path or its bytes, its shorter side
+    shrunk to about `PREVIEW_SIDE` (never enlarged). `max_pixels` defaults to the
+    instance's limit (`Limits.max_upload_pixels`: lower in a public demo)."""
+    if max_pixels is None:
+        from tokenlearner.limits import Limits
+
+        max_pixels = Limits.current().max_upload_pixels
     name = "the upload" if isinstance(source, bytes) else str(source)
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
     except OSError as error:
         raise ImageError(f"{name} cannot be opened ({error.strerror})") from None
-    with handle:
+    with handle, _DECODING:
         try:
             with warnings.catch_warnings():  # Pillow's bomb warning: our own, lower limit follows
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -42,20 +57,63 @@ def read_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) 
         except (OSError, ValueError) as error:
             raise ImageError(f"{name} cannot be read as an image ({error})") from None
         width, height = image.size
-        if width * height > max_pixels:
+        if image.format == "JPEG":  # JPEG decodes at 1/2, 1/4 or 1/8 scale for the asking
+            image.draft(image.mode, (PREVIEW_SIDE, PREVIEW_SIDE))
+        if image.size[0] * image.size[1] > max_pixels:
             raise ImageError(f"{name} declares {width}x{height} pixels ({width * height / 1e6:.0f} MP); "
                              f"the limit is {max_pixels / 1e6:.0f} MP: use a smaller image")
         try:
             image.load()
         except (OSError, ValueError, SyntaxError) as error:  # truncated or corrupt data
             raise ImageError(f"{name} is truncated or corrupt ({error})") from None
-    return _to_rgb(ImageOps.exif_transpose(image))
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        return _to_rgb(_shrink(image).transpose(_ORIENTATIONS[orientation])
+                       if orientation in _ORIENTATIONS else _shrink(image))
+
+
+# EXIF orientation -> the transposition that shows the picture upright (as ImageOps.exif_transpose
+# does, but applied after shrinking, so that it copies the small image, not the decoded one).
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}
+
+
+def _shrink(image: Image.Image) -> Image.Image:
+    """`image` reduced by a whole factor (box averages) to a shorter side of at least
+    `PREVIEW_SIDE`, in a mode that keeps the data's meaning: 16-bit grey becomes 8-bit
+    first, and palette and 1-bit images are averaged as the colours they stand for."""
+    if image.mode in ("I;16", "I;16B", "I;16L"):
+        image = _sixteen_to_eight_bits(image)
+    factor = min(image.size) // PREVIEW_SIDE
+    if factor < 2:
+        return image
+    if image.mode == "1":
+        image = image.convert("L")
+    elif image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    # A band at a time: Pillow premultiplies RGBA into a full-size copy before reducing.
+    band_rows = factor * max(1, _BAND_ROWS // factor)
+    small = Image.new(image.mode, (image.width // factor, image.height // factor))
+    for top in range(0, small.height * factor, band_rows):
+        band = image.crop((0, top, small.width * factor, min(top + band_rows, small.height * factor)))
+        small.paste(band.reduce(factor), (0, top // factor))
+    return small
+
+
+def _sixteen_to_eight_bits(image: Image.Image) -> Image.Image:
+    """A 16-bit grey image as 8-bit grey (0..65535 onto 0..255, rounded), a band of rows at
+    a time, so that no full-size array wider than the image is made."""
+    eight = Image.new("L", image.size)
+    for top in range(0, image.height, _BAND_ROWS):
+        band = np.asarray(image.crop((0, top, image.width, min(top + _BAND_ROWS, image.height))), dtype=np.uint32)
+        eight.paste(Image.fromarray(((band * 255 + 32767) // 65535).astype(np.uint8), "L"), (0, top))
+    return eight
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+    if image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)  # small by now: `_shrink` ran first
+        top = 65535.0 if values.max() > 255 else 255.0
         image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), "L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from tokenlearner.config import ModelConfig
+from tokenlearner import processes
+from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import CLASS_NAMES
 from tokenlearner.files import atomic_path, read_json, write_json, write_text
 
@@ -73,9 +74,18 @@ class RunDirectory:
         return self
 
     def create(self, record: dict[str, Any]) -> "RunDirectory":
-        """Make the directory (it must not hold anything yet) and write config.json."""
+        """Make the directory (it must not hold anything yet) and write config.json. The
+        directory is claimed exclusively: of two processes creating one run, one fails."""
         self.require_new()
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir()
+        except FileExistsError:
+            pass  # an empty folder (require_new allows one): whoever claims config.json below has it
+        try:
+            os.close(os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            raise RunError(f"{self.path} was just taken by another run: choose a new run directory") from None
         write_json(self.config_file, {**record, "versions": package_versions()})
         return self
 
@@ -84,8 +94,8 @@ class RunDirectory:
             raise ValueError(f"state={state!r}: choose one of {STATES}")
         previous = self._read_optional(self.status_file) or {}
         now = time.time()
-        write_json(self.status_file, {"state": state, "pid": os.getpid(), "started": previous.get("started", now),
-                                      "updated": now, **details})
+        write_json(self.status_file, {"state": state, "pid": os.getpid(), "process": processes.identity(),
+                                      "started": previous.get("started", now), "updated": now, **details})
 
     def write_progress(self, **progress: Any) -> None:
         write_json(self.progress_file, {**progress, "time": time.time()})
@@ -140,6 +150,17 @@ class RunDirectory:
         except (TypeError, ValueError) as error:
             raise RunError(f"{self.config_file}: {error}") from None
 
+    def train_config(self) -> TrainConfig:
+        """The recipe the run was trained with (fields added since read as their defaults)."""
+        record = self.record()
+        if "train" not in record:
+            raise RunError(f"{self.config_file} has no \"train\" entry: the run was not trained here "
+                           "(an import or a hand-made folder)")
+        try:
+            return TrainConfig.from_dict(record["train"])
+        except (TypeError, ValueError) as error:
+            raise RunError(f"{self.config_file}: {error}") from None
+
     def class_names(self) -> list[str]:
         """The class names of the data the run was trained on (CIFAR-10's where it does not say)."""
         return self.record().get("data", {}).get("class_names", list(CLASS_NAMES))
@@ -147,7 +168,7 @@ class RunDirectory:
     def status(self) -> dict[str, Any]:
         """The run's status; a run whose process died without saying so reads as failed."""
         status = self._read_optional(self.status_file) or {"state": "unknown"}
-        if status.get("state") == "running" and not process_alive(status.get("pid")):
+        if status.get("state") == "running" and not processes.alive(status.get("process") or status):
             status = {**status, "state": "failed", "error": "the training process ended without finishing"}
         return status
 
@@ -195,25 +216,6 @@ class RunDirectory:
             return None
 
 
-def process_alive(pid: Any) -> bool:
-    """Whether process `pid` runs on this machine (a finished child of ours is reaped)."""
-    if not isinstance(pid, int):
-        return False
-    try:  # a child of this process (a job the app started) stays a zombie until it is reaped
-        reaped, _ = os.waitpid(pid, os.WNOHANG)
-        return reaped != pid
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-
 RUNS_ENV = "TOKENLEARNER_RUNS_DIR"
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 # The project's own experiment grids, published in docs/results.md as GRID/CONFIG/seed_N
@@ -242,7 +244,8 @@ def find_runs(*roots: str | os.PathLike) -> tuple[list[RunInfo], list[str]]:
     like a run but cannot be read."""
     roots = roots or (CHECKPOINTS_DIR, runs_root())
     found, problems = [], []
-    for root in map(Path, roots):
+    # The same folder given twice (the runs folder pointed at checkpoints/) is listed once.
+    for root in {Path(root).resolve(): Path(root) for root in roots}.values():
         if not root.is_dir():
             continue
         folders = sorted((p for p in root.iterdir() if (p / "config.json").exists()),

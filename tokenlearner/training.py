@@ -254,14 +254,17 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, r
     asked, raises a DataError before anything is written."""
     started = time.time() if started is None else started
     check_data_fits(model_config, data)
-    parts = split(data, train_config.validation_fraction, train_config.seed, train_config.limit or None)
+    parts = split(data, train_config.validation_fraction, train_config.seed, train_config.limit or None,
+                  train_config.eval_limit or None)
+    test_images = data.test_images[: train_config.eval_limit or None]
+    test_labels = data.test_labels[: train_config.eval_limit or None]
     kernels = native.describe()
     report(f"model runs {kernels}", False)
     run = RunDirectory(run_dir).create({
         "model": model_config.to_dict(),
         "train": train_config.to_dict(),
         "data": {"directory": str(data.directory), "train_images": len(parts.train_labels),
-                 "val_images": len(parts.val_labels), "test_images": len(data.test_labels),
+                 "val_images": len(parts.val_labels), "test_images": len(test_labels),
                  "class_names": list(data.class_names)},
         "command": sys.argv,
         "kernels": kernels,
@@ -269,7 +272,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, r
     run.set_status("running")
     try:
         with StopFlag(run) as stop:
-            summary = _train(model_config, train_config, data, parts, run, stop, report, started)
+            summary = _train(model_config, train_config, parts, (test_images, test_labels), run, stop, report,
+                             started)
     except BaseException as error:
         run.set_status("failed", error=f"{type(error).__name__}: {error}")
         raise
@@ -277,7 +281,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, r
     return summary
 
 
-def _train(model_config, train_config, data, parts, run, stop, report, started) -> dict:
+def _train(model_config, train_config, parts, test, run, stop, report, started) -> dict:
     import keras
 
     from tokenlearner.model import build_model, predict_with_maps
@@ -354,11 +358,11 @@ def _train(model_config, train_config, data, parts, run, stop, report, started) 
         "best_val_top1": float(best_top1) if best_epoch else None,
         "train_seconds": train_seconds, "train_images_per_s": timed_images / step_seconds if step_seconds else None,
         "first_step_s": first_step_s, "stopped": stopped, "test_top1": None, "test_top5": None, "test_loss": None,
-        "test_images": len(data.test_labels),
+        "test_images": len(test[1]),
     }
     if best_weights is not None and not stopped:
         model.set_weights(best_weights)
-        test = steps.evaluate(data.test_images, data.test_labels)
+        test = steps.evaluate(*test)
         summary.update(test_top1=float(test["top1"]), test_top5=float(test["top5"]), test_loss=float(test["loss"]),
                        test_confusion=test["confusion"])
         report(f"test top-1 {test['top1']:.4f}  top-5 {test['top5']:.4f} (weights of epoch {best_epoch})", False)

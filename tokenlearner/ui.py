@@ -2,32 +2,25 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import re
 from pathlib import Path
 from typing import NamedTuple
 
 import streamlit as st
 
 from tokenlearner.config import ModelConfig, TrainConfig
+from tokenlearner.limits import Limits
 from tokenlearner.presets import DEFAULT_PRESET, PRESETS
 from tokenlearner.runs import RunError, find_checkpoints
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What the app allows. A public demo (TOKENLEARNER_DEMO=1) caps a job's size and hides
-    run deletion; one job at a time holds everywhere."""
+MARKDOWN_SPECIALS = re.compile(r"[\\`*_\[\]<>#|~:$]")
 
-    max_epochs: int
-    max_images: int  # 0: every training image
-    allow_delete: bool
 
-    @classmethod
-    def current(cls) -> "Limits":
-        if os.environ.get("TOKENLEARNER_DEMO") == "1":
-            return cls(max_epochs=5, max_images=2000, allow_delete=False)
-        return cls(max_epochs=200, max_images=0, allow_delete=True)
+def as_text(text: str) -> str:
+    """`text` for Streamlit's Markdown, shown as typed: what a visitor typed or uploaded,
+    and what a job printed, must not turn into links, images, formatting or colours."""
+    return MARKDOWN_SPECIALS.sub(r"\\\g<0>", text)
 
 
 TOKENLEARNER_LABELS = {"none": "none", "v1": "v1.0", "v11": "v1.1"}
@@ -47,9 +40,8 @@ def presets() -> dict[str, Preset]:
     checkpoints, _ = find_checkpoints()
     for info in checkpoints:
         try:
-            choices[f"checkpoint {info.run.path.name}"] = Preset(info.config,
-                                                                  TrainConfig.from_dict(info.run.record()["train"]))
-        except (RunError, KeyError, TypeError, ValueError):
+            choices[f"checkpoint {info.run.path.name}"] = Preset(info.config, info.run.train_config())
+        except RunError:
             continue  # the zoo reports a damaged checkpoint; the picker just leaves it out
     return choices
 
@@ -193,18 +185,26 @@ def test_predictions(model_path: str, modified: float, directory: str):
     return probabilities.argmax(axis=1)
 
 
+def chosen_data_dir() -> str | None:
+    """The CIFAR-10 folder this session chose, where the instance lets visitors choose one."""
+    return st.session_state.get("data_dir") if Limits.current().allow_data_folder_choice else None
+
+
 def data_directory(key: str) -> str | None:
     """The CIFAR-10 folder (explicit setting, $TOKENLEARNER_DATA_DIR or the Keras cache),
     once every batch in it reads; where none is found or a batch is damaged, say so, offer a
     folder field and return None."""
     from tokenlearner.data import DataError, find_data_dir
 
-    explicit = st.session_state.get("data_dir") or None
+    limits = Limits.current()
     try:
-        directory = str(find_data_dir(explicit))
+        directory = str(find_data_dir(chosen_data_dir()))
         cifar10(directory)  # the pages then read it from the cache
         return directory
     except DataError as error:
+        if not limits.allow_data_folder_choice:  # a demo's visitor learns nothing of the server's folders
+            st.info("CIFAR-10 is not available on this instance just now; your own images still work.")
+            return None
         st.warning(str(error))
         typed = st.text_input("CIFAR-10 folder (cifar-10-batches-py)", key=f"{key}_data_dir_input")
         if typed and st.button("Use this folder", key=f"{key}_data_dir_use"):
@@ -215,34 +215,39 @@ def data_directory(key: str) -> str | None:
 
 
 def _download_controls(key: str) -> None:
-    """A button that downloads CIFAR-10 through the engine (in its own process), and its progress."""
-    from tokenlearner.jobs import start_download
-    from tokenlearner.runs import runs_root
+    """A button that downloads CIFAR-10 through the engine (in its own process, one for the
+    machine), and the download's progress while one runs, whoever started it."""
+    from tokenlearner.data import download_running
+    from tokenlearner.jobs import JobError, start_download
 
-    if "data_download_pid" not in st.session_state:
-        if st.button("Download CIFAR-10 (170 MB) into the Keras cache", key=f"{key}_data_download"):
-            st.session_state["data_download_pid"] = start_download(runs_root()).pid
-            st.rerun()
+    if download_running() or "data_download" in st.session_state:
+        _download_progress()
         return
-    _download_progress()
+    if st.button("Download CIFAR-10 (170 MB) into the Keras cache", key=f"{key}_data_download"):
+        try:
+            start_download()
+        except JobError as error:
+            st.error(str(error))
+            return
+        st.session_state["data_download"] = True
+        st.rerun()
 
 
 @st.fragment(run_every=1.0)
 def _download_progress() -> None:
-    from tokenlearner.data import DOWNLOAD_BYTES, download_archive
-    from tokenlearner.runs import process_alive, runs_root
+    from tokenlearner.data import DOWNLOAD_BYTES, download_archive, download_log, download_running
 
-    if process_alive(st.session_state["data_download_pid"]):
+    if download_running():
         archive = download_archive()
         done = archive.stat().st_size / DOWNLOAD_BYTES if archive.exists() else 0.0
         st.progress(min(done, 1.0), text=f"downloading CIFAR-10: {100 * done:.0f}% (then unpacking)")
         return
-    del st.session_state["data_download_pid"]
-    log = runs_root() / ".download.log"
+    st.session_state.pop("data_download", None)
+    log = download_log()
     output = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
     if output and output[-1].startswith("CIFAR-10 is in"):
         st.rerun()
-    st.error(output[-1] if output else "the download ended without saying why")
+    st.error(as_text(output[-1] if output else "the download ended without saying why"))
 
 
 @st.cache_data(max_entries=8)

@@ -1,5 +1,5 @@
 import keras
-from keras import layers, ops
+from keras import layers
 
 from tokenlearner import native
 from tokenlearner.layers.attention import MultiHeadSelfAttention

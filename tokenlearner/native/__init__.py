@@ -29,10 +29,11 @@ import platform
 import shlex
 import shutil
 import subprocess
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from tokenlearner.files import atomic_path
 
 SWITCH = "TOKENLEARNER_NATIVE_KERNELS"
 SOURCE = Path(__file__).with_name("kernels.cc")
@@ -88,28 +89,37 @@ def library_path(directory: Path | None = None, compiler: str | None = None) -> 
     return (directory or cache_dir()) / f"kernels-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
 
-def build(directory: Path | None = None, compiler: str | None = None) -> Path:
-    """The compiled kernels' path, compiling them first if they are not in the cache.
-    Concurrent builders take turns (a lock file), and the library appears whole or not at
-    all (compiled to a temporary name, then renamed)."""
+def build(directory: Path | None = None, compiler: str | None = None, compile: bool = True) -> Path:
+    """The compiled kernels' path, compiling them first if they are not in the cache (a
+    `BuildError` instead, without `compile`). Concurrent builders take turns (a lock file),
+    and the library appears whole or not at all (written under a temporary name, then
+    renamed). A new cache folder is private to its user (0700), and a library that
+    another user could have written is refused, since loading it runs its code."""
     compiler = compiler or _compiler()
     target = library_path(directory, compiler)
     if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+        return _trusted(target)
+    if not compile:
+        raise BuildError(f"{target.name} is not in {target.parent}: build them first (python -m tokenlearner "
+                         "build-kernels)")
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with _locked(target.parent / "build.lock"):
         if target.exists():
-            return target
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".so")
-        os.close(handle)
-        try:
-            _compile(compiler, Path(temporary))
-            os.chmod(temporary, 0o755)  # mkstemp's 0600 would keep other users of a shared cache out
-            os.replace(temporary, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-    return target
+            return _trusted(target)
+        with atomic_path(target) as temporary:
+            _compile(compiler, temporary)
+            os.chmod(temporary, 0o755)
+    return _trusted(target)
+
+
+def _trusted(library: Path) -> Path:
+    """`library`, if it and its folder belong to this user or root and nobody else may write them."""
+    for path in (library.parent, library):
+        status = path.stat()
+        if status.st_uid not in (os.getuid(), 0) or status.st_mode & 0o022:
+            raise BuildError(f"{path} is owned by user {status.st_uid} or writable by others, so it is not "
+                             "loaded: delete it, or make it yours and writable only by you")
+    return library
 
 
 def _compile(compiler: str, output: Path) -> None:
@@ -158,8 +168,10 @@ def _load_once() -> Kernels | str:
         return "they are built only on Linux and macOS"
     import tensorflow as tf
 
-    try:
-        path = build()
+    from tokenlearner.limits import demo_mode
+
+    try:  # a public demo's kernels are built when it is provisioned, never inside a visitor's request
+        path = build(compile=not demo_mode())
     except (BuildError, OSError) as error:
         return f"not built: {error}"
     try:
