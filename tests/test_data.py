@@ -98,3 +98,20 @@ def test_split_is_deterministic_and_disjoint(folder):
     assert not set(first.train_index) & set(first.val_index)
     np.testing.assert_array_equal(first.val_images, data.train_images[first.val_index])
     assert len(split(data, limit=10).train_labels) == 10
+
+
+def test_without_training_images_every_batch_is_still_checked_and_a_few_read_on_demand(folder):
+    from tokenlearner.data import read_train_images
+
+    whole, light = load_cifar10(folder), load_cifar10(folder, train_images=False)
+    assert light.train_images is None
+    np.testing.assert_array_equal(light.train_labels, whole.train_labels)
+    np.testing.assert_array_equal(light.test_images, whole.test_images)
+    rows = [len(whole.train_labels) - 1, 0, 41]  # across batches, in any order
+    np.testing.assert_array_equal(read_train_images(folder, rows), whole.train_images[rows])
+    with pytest.raises(DataError, match=f"has {len(whole.train_labels)} training images: no image 100000"):
+        read_train_images(folder, [100_000])
+    raw = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="data_batch_3 is truncated"):
+        load_cifar10(folder, train_images=False)

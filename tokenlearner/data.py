@@ -55,7 +55,7 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Cifar10:
-    train_images: np.ndarray  # (N, 32, 32, 3) uint8
+    train_images: np.ndarray | None  # (N, 32, 32, 3) uint8; None where they were not kept
     train_labels: np.ndarray  # (N,) int32
     test_images: np.ndarray
     test_labels: np.ndarray
@@ -122,25 +122,46 @@ def _images_and_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), labels.astype(np.int32)
 
 
-def load_cifar10(directory: str | os.PathLike) -> Cifar10:
-    """Every batch of a `cifar-10-batches-py` folder, or a `DataError`: nothing half-loaded."""
+def load_cifar10(directory: str | os.PathLike, train_images: bool = True) -> Cifar10:
+    """Every batch of a `cifar-10-batches-py` folder, or a `DataError`: nothing half-loaded.
+    With `train_images=False` every batch is still read and checked, but only the
+    training labels are kept, not their images (`train_images` is None): all that a viewer
+    of the test images needs, a sixth of the memory (`read_train_images` fetches a few)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory} is not a folder")
-    train = [_images_and_labels(directory / name) for name in TRAIN_BATCHES]
+    train = []
+    for name in TRAIN_BATCHES:
+        images, labels = _images_and_labels(directory / name)
+        train.append((images if train_images else None, labels))
     test_images, test_labels = _images_and_labels(directory / TEST_BATCH)
     names = read_batch(directory / META).get("label_names", CLASS_NAMES)
     class_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     if len(class_names) != 10:
         raise DataError(f"{directory / META}: expected 10 label names, got {len(class_names)}")
     return Cifar10(
-        train_images=np.concatenate([images for images, _ in train]),
+        train_images=np.concatenate([images for images, _ in train]) if train_images else None,
         train_labels=np.concatenate([labels for _, labels in train]),
         test_images=test_images,
         test_labels=test_labels,
         class_names=class_names,
         directory=directory,
     )
+
+
+def read_train_images(directory: str | os.PathLike, indices: list[int]) -> np.ndarray:
+    """The training images at `indices` (positions in the training batches, concatenated in
+    order), reading one batch at a time and keeping only those rows."""
+    wanted, found, start = np.asarray(indices), {}, 0
+    for name in TRAIN_BATCHES:
+        images, _ = _images_and_labels(Path(directory) / name)
+        for index in wanted[(wanted >= start) & (wanted < start + len(images))]:
+            found[int(index)] = images[index - start]
+        start += len(images)
+    missing = [index for index in indices if index not in found]
+    if missing:
+        raise DataError(f"{directory} has {start} training images: no image {missing[0]}")
+    return np.stack([found[index] for index in indices])
 
 
 def datasets_dir(keras_home: str | os.PathLike | None = None) -> Path:

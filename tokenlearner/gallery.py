@@ -36,11 +36,8 @@ def showcase(runs: list) -> object | None:
     return max(candidates, key=lambda run: (run.name.startswith("checkpoints/"), run.summary["test_top1"]))
 
 
-def fixed_images(train_images: np.ndarray, train_labels: np.ndarray, indices: list[int],
-                 labels: list[int]) -> np.ndarray | None:
-    """The images a run's per-epoch maps are of (by their index in the training batches),
-    or None when this copy of CIFAR-10 is not the one the run was trained on: too few
-    images, or other labels at those places."""
-    if max(indices) >= len(train_images) or list(train_labels[indices]) != list(labels):
-        return None
-    return train_images[indices]
+def is_training_copy(train_labels: np.ndarray, indices: list[int], labels: list[int]) -> bool:
+    """Whether a CIFAR-10 copy with these training labels is the one a run's per-epoch maps
+    were made on (its fixed images, by index, carry the labels the run recorded): not too
+    few images, and the same labels at those places."""
+    return max(indices) < len(train_labels) and list(train_labels[indices]) == list(labels)

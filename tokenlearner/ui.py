@@ -150,8 +150,8 @@ def _read_cifar10(directory: str, versions: tuple):
     folder's warning would read every batch again on each rerun."""
     from tokenlearner.data import DataError, load_cifar10
 
-    try:
-        return load_cifar10(directory)
+    try:  # the pages show test images and a run's few fixed training images: the rest stays on disk
+        return load_cifar10(directory, train_images=False)
     except DataError as error:
         return str(error)
 
@@ -253,11 +253,13 @@ def _download_progress() -> None:
 @st.cache_data(max_entries=8)
 def training_images(directory: str, indices: tuple[int, ...], labels: tuple[int, ...]):
     """The fixed images a run's maps are of, or None when the folder is not the CIFAR-10
-    copy the run was trained on (see `gallery.fixed_images`)."""
-    from tokenlearner.gallery import fixed_images
+    copy the run was trained on (see `gallery.is_training_copy`)."""
+    from tokenlearner.data import read_train_images
+    from tokenlearner.gallery import is_training_copy
 
-    data = cifar10(directory)
-    return fixed_images(data.train_images, data.train_labels, list(indices), list(labels))
+    if not is_training_copy(cifar10(directory).train_labels, list(indices), list(labels)):
+        return None
+    return read_train_images(directory, list(indices))
 
 
 def run_fixed_images(run, directory: str):
