@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from tokenlearner.hosting import provision_in_background
 from tokenlearner.limits import Limits
 
 st.set_page_config(page_title="TokenLearner Explorer", page_icon=":material/grid_view:", layout="wide")
@@ -12,6 +13,8 @@ except ValueError as error:  # the operator's settings: say which, to whoever op
     st.stop()
 if limits.demo:  # a public visitor sees that something failed, never the server's paths and code
     st.set_option("client.showErrorDetails", "none")
+    if provision_in_background():  # a host without a build step: the first server start fetches the data
+        st.info("This demo is still being set up (CIFAR-10 is downloading): uploads work already.")
 page = st.navigation(
     [
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

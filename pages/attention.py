@@ -72,7 +72,8 @@ else:
                                                key="attention_class")
         predicted = test_predictions(model_path, choice.run.model_file.stat().st_mtime, directory) \
             if how == "misclassified" else None
-        picked = pick_images(test_labels, how, count, seed, class_index, predicted)
+        labels = test_labels if predicted is None else test_labels[: len(predicted)]  # a demo classifies fewer
+        picked = pick_images(labels, how, count, seed, class_index, predicted)
         if len(picked) == 0:
             st.info("No test image matches.")
         else:

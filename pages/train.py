@@ -81,6 +81,7 @@ def live_job():
 
 data_dir = data_directory("train")
 running = active_job(root)
+refused = None  # shown below the expander, which closes once any job runs (the one that won a race, say)
 with st.expander("New training run", expanded=running is None):
     model_column, recipe_column = st.columns(2)
     with model_column:
@@ -114,7 +115,9 @@ with st.expander("New training run", expanded=running is None):
         try:
             st.session_state["train_job_owner"] = start_job(model, recipe, root, name.strip(), data_dir).owner
         except JobError as error:
-            st.error(as_text(str(error)))
+            refused = str(error)
         else:
             st.rerun()
+if refused:
+    st.error(as_text(refused))
 live_job()

@@ -2,6 +2,7 @@
 an exception, and moving a slider changes the MACs shown."""
 
 import os
+import subprocess
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -608,9 +609,11 @@ def test_only_the_session_that_started_a_demo_job_sees_stop(demo, tmp_path, monk
 
     from tokenlearner import jobs
 
-    class Training:  # the job: alive (this process), its progress written below
+    job = subprocess.Popen(["sleep", "120"])
+
+    class Training:  # the job: a live process, its progress written below
         def __init__(self, command, **options):
-            self.pid = os.getpid()
+            self.pid = job.pid
 
     monkeypatch.setattr(jobs.subprocess, "Popen", Training)
     monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "runs"))
@@ -630,6 +633,8 @@ def test_only_the_session_that_started_a_demo_job_sees_stop(demo, tmp_path, monk
     assert not [button for button in visitor.button if button.key == "train_stop"]
     starter.button(key="train_stop").click().run()
     assert run.stop_requested()
+    job.kill()
+    job.wait()
 
 
 def test_a_link_to_a_model_opens_it_and_a_link_to_no_model_says_so(explorer):

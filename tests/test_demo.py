@@ -29,24 +29,37 @@ DEMO = Limits.current({"TOKENLEARNER_DEMO": "1"})
 SMALL = TrainConfig(epochs=1, limit=100)
 
 
-class SlowPopen:
-    """Stands in for the training process: slow to start, as a real one is, and alive (its
-    pid is this test's), so that the job counts as running."""
+REAL_POPEN = subprocess.Popen
 
-    started = []
+
+class SlowPopen:
+    """Stands in for the training process: slow to start, as a real one is, and a live
+    process (a `sleep`), so that the job counts as running."""
+
+    started, processes = [], []
 
     def __init__(self, command, **options):
         time.sleep(0.05)
-        self.pid = os.getpid()
-        self.command = command
+        process = REAL_POPEN(["sleep", "120"])
+        self.pid = process.pid
         SlowPopen.started.append(command)
+        SlowPopen.processes.append(process)
 
 
 @pytest.fixture
 def fake_training(monkeypatch):
-    SlowPopen.started = []
+    SlowPopen.started, SlowPopen.processes = [], []
     monkeypatch.setattr(jobs.subprocess, "Popen", SlowPopen)
-    return SlowPopen.started
+    yield SlowPopen.started
+    for process in SlowPopen.processes:
+        process.kill()
+        process.wait()
+
+
+def test_the_job_runs_below_the_pages_priority(tmp_path, fake_training):
+    start_job(ModelConfig(), SMALL, tmp_path, "job", tmp_path, LAPTOP)
+    job = SlowPopen.processes[0].pid
+    assert os.getpriority(os.PRIO_PROCESS, job) == os.getpriority(os.PRIO_PROCESS, 0) + jobs.JOB_NICENESS
 
 
 @pytest.mark.parametrize("value, demo", [

@@ -15,16 +15,22 @@ from typing import Iterator
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
+STREAMLIT_RUN = (sys.executable, "-m", "streamlit", "run", "app.py")
+
+
 @contextlib.contextmanager
-def app_server(env: dict[str, str], timeout: float = 60) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start the app, wait until /_stcore/health answers, yield (url, process), stop it."""
+def app_server(env: dict[str, str], timeout: float = 60,
+               launcher: tuple[str, ...] = STREAMLIT_RUN) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start the app with `launcher` (a command that takes Streamlit's server flags, such as
+    `python -m tokenlearner serve`), wait until /_stcore/health answers, yield (url,
+    process), stop it."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = tempfile.TemporaryFile()  # not a pipe: nobody reads it while the app runs
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        [*launcher, "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--browser.gatherUsageStats", "false"],
         cwd=REPOSITORY, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

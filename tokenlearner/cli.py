@@ -340,6 +340,40 @@ def run_build_kernels(args: argparse.Namespace) -> None:
     print(f"the model runs {native.describe()}")
 
 
+def run_provision(args: argparse.Namespace) -> None:
+    import_keras_quietly()
+    from tokenlearner.hosting import provision
+
+    found = provision(args.data_dir, fetch=args.download)
+    print(f"ready: point TOKENLEARNER_DATA_DIR at {found['data']} (where it is not found by itself), "
+          "set TOKENLEARNER_DEMO=1 and start python -m tokenlearner serve")
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from tokenlearner.hosting import serve
+
+    serve(args.streamlit_args)
+
+
+def run_rehearse(args: argparse.Namespace) -> None:
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        raise UsageError("the rehearsal drives Chromium with Playwright: pip install -r requirements-dev.txt") from None
+    if not Path(args.chromium).exists():
+        raise UsageError(f"--chromium {args.chromium}: no such browser (Debian: apt-get install chromium)")
+    from tokenlearner.data import find_data_dir
+    from tokenlearner.rehearsal import rehearse, summary_lines
+
+    sample = find_data_dir(args.data_dir)
+    result = rehearse(sample, args.chromium, args.sessions, args.seconds, args.train_images, args.test_images,
+                      args.work, report=lambda message: None if args.json else print(message, flush=True))
+    if args.json:
+        print(json.dumps(result))
+        return
+    print("\n".join(summary_lines(result)))
+
+
 def run_bench_app(args: argparse.Namespace) -> None:
     import_keras_quietly()
     from tokenlearner.app_benchmark import measure, overlay_ms
@@ -422,11 +456,35 @@ def build_parser() -> argparse.ArgumentParser:
                                   "demo never compiles them inside a request)")
     kernels.set_defaults(handler=run_build_kernels)
 
+    provisioner = commands.add_parser("provision", help="set up a public instance: build the kernels, check or "
+                                      "download CIFAR-10, check the checkpoints load")
+    source = provisioner.add_mutually_exclusive_group()
+    source.add_argument("--download", action="store_true", help="download CIFAR-10 into the Keras cache (170 MB)")
+    source.add_argument("--data-dir", help="a cifar-10-batches-py folder already in place")
+    provisioner.set_defaults(handler=run_provision)
+
+    server = commands.add_parser("serve", help="streamlit run app.py as a public host runs it: in a demo, TensorFlow "
+                                 "and the first model are loaded while the server starts")
+    server.set_defaults(handler=run_serve)  # its other flags go to streamlit run (--server.port 8080 ...)
+
     bench_app = commands.add_parser("bench-app", help="app start-up time, overlay time and memory (needs Chromium)")
     bench_app.add_argument("--runs", nargs=2, required=True, help="two run directories in one folder")
     bench_app.add_argument("--data-dir", help="a cifar-10-batches-py folder")
     bench_app.add_argument("--chromium", default="/usr/bin/chromium")
     bench_app.set_defaults(handler=run_bench_app)
+
+    rehearsal = commands.add_parser("rehearse", help="the public demo under several visitors at once, as a host "
+                                    "runs it (needs Chromium and the development requirements)")
+    rehearsal.add_argument("--sessions", type=_positive_int, default=8, help="visitors at once (default 8)")
+    rehearsal.add_argument("--seconds", type=_positive_int, default=60, help="how long they visit (default 60)")
+    rehearsal.add_argument("--data-dir", help="the CIFAR-10 sample the full-size folder is made from")
+    rehearsal.add_argument("--train-images", type=_positive_int, default=50_000,
+                           help="training images of the folder the demo serves (default: the full set's 50,000)")
+    rehearsal.add_argument("--test-images", type=_positive_int, default=10_000, help="its test images (10,000)")
+    rehearsal.add_argument("--work", help="where the folder, the uploads and the runs go (default: a temp folder)")
+    rehearsal.add_argument("--chromium", default="/usr/bin/chromium")
+    rehearsal.add_argument("--json", action="store_true", help="print one JSON object")
+    rehearsal.set_defaults(handler=run_rehearse)
 
     bench = commands.add_parser("bench", help="training images/s and inference ms/image, after warm-up")
     bench.add_argument("--batch-size", type=_positive_int, default=256)
@@ -444,7 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, others = parser.parse_known_args(argv)
+    if args.command == "serve":
+        args.streamlit_args = others
+    elif others:
+        parser.error(f"unrecognized arguments: {' '.join(others)}")
     try:
         args.handler(args)
     except USER_ERRORS as error:

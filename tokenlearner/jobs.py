@@ -33,6 +33,7 @@ LOCK = ".training-job.json"
 MUTEX = ".training-job.lock"
 REPOSITORY = Path(__file__).resolve().parent.parent
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+JOB_NICENESS = 10
 
 
 class JobError(RuntimeError):
@@ -160,6 +161,8 @@ def start_job(model_config: ModelConfig, recipe: TrainConfig, root: str | os.Pat
                  *config_flags(model_config, recipe)],
                 cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
+        with contextlib.suppress(OSError):  # pages the visitors wait for come before the background job
+            os.setpriority(os.PRIO_PROCESS, process.pid, JOB_NICENESS)
         write_json(root / LOCK, {"run": name, "process": processes.identity(process.pid),
                                  "owner": hashlib.sha256(owner.encode()).hexdigest()})
     return StartedJob(run, owner)

@@ -178,10 +178,12 @@ def load_test_set(directory: str):
 
 @st.cache_data(max_entries=4, show_spinner="Classifying the test images...")
 def test_predictions(model_path: str, modified: float, directory: str):
+    """The model's class for each test image, of the first `Limits.max_eval_images` in a demo."""
     from tokenlearner.model import predict_with_maps
 
     images, _, _ = load_test_set(directory)
-    probabilities, _ = predict_with_maps(load_run_model(model_path, modified), images)
+    probabilities, _ = predict_with_maps(load_run_model(model_path, modified),
+                                         images[: Limits.current().max_eval_images or None])
     return probabilities.argmax(axis=1)
 
 
