@@ -1,6 +1,8 @@
 """The shipped checkpoints (checkpoints/), and `ship`, which makes them from finished runs."""
 
 import functools
+import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -42,6 +44,28 @@ def loaded(folder):
 
 @pytest.mark.parametrize("folder", SHIPPED, ids=lambda path: path.name)
 class TestShippedCheckpoint:
+    def test_the_cards_load_block_runs_as_written_in_a_fresh_python(self, folder):
+        card = (folder / CARD).read_text()
+        blocks = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+        assert len(blocks) == 1, "a card shows one way to load its model"
+        check = "\nprint(probabilities.shape, sorted((name, value.shape) for name, value in maps.items()))\n"
+        result = subprocess.run([sys.executable, "-c", blocks[0] + check], cwd=REPO, capture_output=True, text=True,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        shapes = result.stdout.strip().splitlines()[-1]
+        model_config = RunDirectory(folder).model_config()
+        assert shapes.startswith(f"(2, {model_config.num_classes}) [")
+        assert (shapes.endswith("[]") if model_config.tokenlearner == "none" else "(2, " in shapes.split("[", 1)[1])
+
+    def test_the_cards_predict_command_runs_as_written(self, folder, tmp_path):
+        command = re.search(r"`(python -m tokenlearner predict [^`]+)`", (folder / CARD).read_text())[1]
+        Image.new("RGB", (640, 480), (90, 140, 200)).save(tmp_path / "photo.jpg")
+        arguments = [str(tmp_path / word) if word in ("photo.jpg", "maps.png") else word for word in command.split()]
+        result = subprocess.run([sys.executable, *arguments[1:]], cwd=REPO, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert ("--overlay" in command) == (tmp_path / "maps.png").is_file()
+
     def test_is_a_grid_entry_trained_as_the_grid_says(self, folder):
         assert folder.name in GRID, f"{folder.name} is not a config of grids/checkpoints.json"
         run, expected = RunDirectory(folder), GRID[folder.name]

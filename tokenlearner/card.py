@@ -70,6 +70,10 @@ def render_card(directory: str | os.PathLike, name: str | None = None) -> str:
         "patches coloured by the token that weights them most. The images themselves are left out,\n"
         "because CIFAR-10's images are not redistributed here; the app's Attention page draws these\n"
         "maps over the images of your own copy.")
+    overlay = "" if model.tokenlearner == "none" else " --overlay maps.png"
+    maps_use = ("is empty: without TokenLearner there are no token maps" if model.tokenlearner == "none" else
+                "maps each TokenLearner (and TokenFuser) layer's name to its maps on the patch grid, "
+                "(images, tokens, height, width)")
     versions = ", ".join(f"{name} {version}" for name, version in record["versions"].items())
     return f"""# {name}
 
@@ -94,6 +98,24 @@ after 20 epochs on the full set).
 | multiply-accumulates per image | {summary['macs'] / 1e6:.2f} M |
 | keras.io-convention GFLOPs | {summary['keras_io_gflops']:.4f} |
 | training time | {_training_time(summary)} |
+
+## Use it
+
+From the repository's root, with its requirements installed:
+
+```python
+import numpy as np
+import tokenlearner
+
+model = tokenlearner.load_model("checkpoints/{name}")
+images = np.zeros((2, 32, 32, 3), np.uint8)  # your RGB images: 32x32, values 0-255
+probabilities, maps = tokenlearner.predict_with_maps(model, images)
+```
+
+`probabilities` is (2, {model.num_classes}), one row of class probabilities per image;
+`maps` {maps_use}.
+`python -m tokenlearner predict checkpoints/{name} --image photo.jpg{overlay}`
+does the same for a photo of any size.
 
 ## Learned-token maps
 
@@ -121,9 +143,6 @@ validation images after each epoch in `maps/`.
 ## Versions
 
 {versions}.
-
-Load it with `RunDirectory("checkpoints/{name}").load_model()`, or with
-`keras.saving.load_model` after `import tokenlearner`.
 """
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import weakref
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -22,6 +24,22 @@ from tokenlearner.layers import (
 
 LAYER_NORM_EPSILON = 1e-6
 MAP_LAYERS = (TokenLearner, TokenLearnerV11, TokenFuser)
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """A model this project saved: a checkpoint or run directory (its best weights) or a
+    `.keras` file. A `RunError` says what is missing or damaged."""
+    from tokenlearner.runs import RunDirectory, RunError
+
+    path = Path(path)
+    if path.is_dir():
+        return RunDirectory(path).load_model()[0]
+    if not path.is_file():
+        raise RunError(f"{path}: no such file or folder")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # Keras raises many types for a damaged archive
+        raise RunError(f"{path} could not be loaded ({type(error).__name__}: {error})") from None
 
 
 def build_model(config: ModelConfig, name: str = "tokenlearner_vit") -> keras.Model:

@@ -196,18 +196,12 @@ class RunDirectory:
 
     def load_model(self):
         """(model, config) of the best weights so far; `RunError` says what is missing or broken."""
-        import keras
-
-        import tokenlearner.layers  # noqa: F401  (registers the layers for deserialisation)
+        from tokenlearner.model import load_model
 
         config = self.model_config()
         if not self.model_file.is_file():
             raise RunError(f"{self.path} has no model.keras: the run has not saved a model yet")
-        try:
-            model = keras.saving.load_model(self.model_file)
-        except Exception as error:  # Keras raises many types for a damaged archive
-            raise RunError(f"{self.model_file} could not be loaded ({type(error).__name__}: {error})") from None
-        return model, config
+        return load_model(self.model_file), config
 
     def _read_optional(self, path: Path) -> dict[str, Any] | None:
         try:
