@@ -30,9 +30,9 @@ st.query_params["run"] = choice.name
 config = choice.config
 if config.tokenlearner == "none":
     st.info("This model has no TokenLearner, so it has no token maps; its predictions are shown below.")
-model_path = str(choice.run.model_file)
+model_path = str(choice.directory.model_file)
 try:
-    model = load_run_model(model_path, choice.run.model_file.stat().st_mtime)
+    model = load_run_model(model_path, choice.directory.model_file.stat().st_mtime)
 except RunError as error:
     st.error(f"{error}. Choose another model, or train this one again.")
     st.stop()
@@ -43,7 +43,7 @@ colormap = right.selectbox("colour map", list(COLORMAPS), key="attention_colorma
 
 source = st.radio("images", ["CIFAR-10 test images", "my own image"], horizontal=True, key="attention_source")
 images, captions = None, []
-class_names = choice.run.class_names()
+class_names = choice.directory.class_names()
 if source == "my own image":
     upload = st.file_uploader("a PNG or JPEG (centre-cropped and resized to 32x32)", type=["png", "jpg", "jpeg"],
                               key="attention_upload")
@@ -70,7 +70,7 @@ else:
         if how == "by class":
             class_index = columns[2].selectbox("class", range(len(names)), format_func=lambda i: names[i],
                                                key="attention_class")
-        predicted = test_predictions(model_path, choice.run.model_file.stat().st_mtime, directory) \
+        predicted = test_predictions(model_path, choice.directory.model_file.stat().st_mtime, directory) \
             if how == "misclassified" else None
         labels = test_labels if predicted is None else test_labels[: len(predicted)]  # a demo classifies fewer
         picked = pick_images(labels, how, count, seed, class_index, predicted)
@@ -108,23 +108,23 @@ if images is not None:
         stack_rows(sheets).save(buffer, format="PNG")
         st.download_button("Download the maps (PNG)", buffer.getvalue(), "token-maps.png", "image/png")
 
-epochs = choice.run.map_epochs()
+epochs = choice.directory.map_epochs()
 if len(epochs) > 1 and config.tokenlearner != "none":  # without TokenLearner the epochs hold no maps
     st.subheader("How the maps formed during training")
     epoch = st.select_slider("after epoch", epochs, value=epochs[-1], key="attention_epoch")
     play = st.button("Play from epoch 0", key="attention_play")
     if source == "my own image":  # the test-image branch above has looked for the data already
         directory = data_directory("attention_epochs")
-    originals = run_fixed_images(choice.run, directory) if directory is not None else None
+    originals = run_fixed_images(choice.directory, directory) if directory is not None else None
     if directory is not None and originals is None:
         st.warning("This run's fixed images are not in the CIFAR-10 folder found now: it was trained on "
                    "another copy. Point the data folder at that copy to see how its maps formed.")
     if originals is not None:
         frame = st.empty()
-        shown_indices = choice.run.map_images()["train_batch_indices"][: min(4, len(originals))]
+        shown_indices = choice.directory.map_images()["train_batch_indices"][: min(4, len(originals))]
 
         def draw(shown_epoch: int) -> None:
-            _, epoch_maps = choice.run.maps(shown_epoch)
+            _, epoch_maps = choice.directory.maps(shown_epoch)
             if not epoch_maps:
                 return
             first = next(iter(epoch_maps.values()))

@@ -32,7 +32,7 @@ chosen = st.multiselect("runs", names, default=names[:3], key="compare_runs")
 metric = st.radio("metric", ["top1", "top5", "loss"], horizontal=True, key="compare_metric")
 log_y = st.checkbox("log-scale axis", key="compare_log_y")
 by_name = {run.name: run for run in runs}
-st.plotly_chart(curves_overlay_figure({name: by_name[name].run.epochs() for name in chosen}, metric, log_y),
+st.plotly_chart(curves_overlay_figure({name: by_name[name].directory.epochs() for name in chosen}, metric, log_y),
                 key="compare_curves")
 
 st.subheader("The keras.io table, beside ours")

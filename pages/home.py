@@ -25,9 +25,9 @@ runs, problems = find_runs()
 shown = showcase(runs)
 if shown is not None:
     epoch = shown.summary["best_epoch"]
-    _, maps = shown.run.maps(epoch)
+    _, maps = shown.directory.maps(epoch)
     try:
-        images = run_fixed_images(shown.run, str(find_data_dir(chosen_data_dir())))
+        images = run_fixed_images(shown.directory, str(find_data_dir(chosen_data_dir())))
     except DataError:
         images = None
     caption = (f"What the {shown.config.num_tokens} tokens of {shown.name} "
@@ -37,8 +37,8 @@ if shown is not None:
         st.image(overlay_grid(images[0], learned[0], shown.config.covered_region(), scale=4), width="stretch")
         st.caption(caption + "a validation image, then each token's map over it (bright: pooled into that "
                    "token). The Attention page does this for any image.")
-    elif (shown.run.path / "maps.png").is_file():
-        st.image(str(shown.run.path / "maps.png"))
+    elif (shown.directory.path / "maps.png").is_file():
+        st.image(str(shown.directory.path / "maps.png"))
         st.caption(caption + "each row is one test image, each tile one token's map over the 8x8 patches. "
                    "With CIFAR-10 on this machine they are drawn over the images.")
 st.subheader("The keras.io configurations")

@@ -86,8 +86,8 @@ with st.expander("New training run", expanded=running is None):
     model_column, recipe_column = st.columns(2)
     with model_column:
         preset = preset_picker("train")
-        model = model_controls("train", preset.model, linked=True)
-        cost = count(model)
+        config = model_controls("train", preset.model, linked=True)
+        cost = count(config)
         st.caption(f"{cost.params:,} parameters, {cost.macs / 1e6:.2f} M MACs, "
                    f"{cost.keras_io_gflops:.5f} keras.io GFLOPs per image")
     with recipe_column:
@@ -113,7 +113,7 @@ with st.expander("New training run", expanded=running is None):
         name = st.text_input("run name", key="train_name")
     if st.button("Start training", type="primary", disabled=data_dir is None, key="train_start"):
         try:
-            st.session_state["train_job_owner"] = start_job(model, recipe, root, name.strip(), data_dir).owner
+            st.session_state["train_job_owner"] = start_job(config, recipe, root, name.strip(), data_dir).owner
         except JobError as error:
             refused = str(error)
         else:

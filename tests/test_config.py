@@ -67,6 +67,49 @@ def test_from_dict_rejects_unknown_fields_and_bad_json():
         ModelConfig.from_json("[1, 2]")
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"epochs": 0}, "epochs=0 is out of range: must be from 1 to 10000"),
+        ({"batch_size": 0}, "batch_size=0 is out of range: must be from 1 to 8192"),
+        ({"learning_rate": 0.0}, "learning_rate=0.0 is out of range: must be in (0, 1]"),
+        ({"weight_decay": 1.0}, "weight_decay=1.0 is out of range: must be in [0, 1)"),
+        ({"schedule": "linear"}, "schedule='linear' is not allowed: choose one of constant, cosine"),
+        ({"warmup_epochs": 20}, "warmup_epochs=20 is out of range: must be from 0 to 19 (fewer than epochs)"),
+        ({"label_smoothing": 1.0}, "label_smoothing=1.0 is out of range: must be in [0, 1)"),
+        ({"random_shift": 17}, "random_shift=17 is out of range: must be from 0 to 16"),
+        ({"mixup_alpha": -1.0}, "mixup_alpha=-1.0 is out of range: must be in [0, 10]"),
+        ({"cutmix_alpha": 11.0}, "cutmix_alpha=11.0 is out of range: must be in [0, 10]"),
+        ({"seed": -1}, "seed=-1 is out of range: must be from 0"),
+        ({"validation_fraction": 1.0}, "validation_fraction=1.0 is out of range: must be in (0, 1)"),
+        ({"limit": -1}, "limit=-1 is out of range: must be from 0"),
+        ({"eval_limit": -1}, "eval_limit=-1 is out of range: must be from 0"),
+        ({"epochs": "20"}, "epochs='20' must be of type int, not str"),
+        ({"learning_rate": True}, "learning_rate=True must be of type float, not bool"),
+    ],
+)
+def test_invalid_recipes_name_field_value_and_range(changes, message):
+    from tokenlearner.config import TrainConfig
+
+    with pytest.raises(ValueError) as error:
+        TrainConfig().replace(**changes)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("config_class, what", [(ModelConfig, "model config"), (None, "training config")])
+def test_configs_from_json_name_unknown_fields_and_bad_json_alike(config_class, what):
+    from tokenlearner.config import TrainConfig
+
+    config_class = config_class or TrainConfig
+    assert config_class.from_json(json.dumps(config_class().to_dict())) == config_class()
+    with pytest.raises(ValueError, match=f"unknown {what} field\\(s\\) colour; known fields: "):
+        config_class.from_dict({"colour": "red"})
+    with pytest.raises(ValueError, match=f"the {what} is not valid JSON"):
+        config_class.from_json("{epochs: 4")
+    with pytest.raises(ValueError, match=f"a {what} must be a JSON object, got list"):
+        config_class.from_json("[1, 2]")
+
+
 def test_unknown_preset_lists_the_names():
     with pytest.raises(ValueError, match="keras-io-8-tokens"):
         preset("keras-io-16-tokens")

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import Cifar10
-from tokenlearner.overlay import _palette, colorize, normalise
+from tokenlearner.overlay import colorize, normalise, token_colours
 from tokenlearner.runs import RunDirectory, RunError
 
 CARD = "README.md"
@@ -169,7 +169,7 @@ def draw_maps(maps: np.ndarray, captions: list[str], tile: int = 64, gap: int = 
     """Rows of token maps, (B, S, h, w), each row under its caption and ending with the
     dominant-token view; no image pixels."""
     count, tokens = maps.shape[:2]
-    palette = _palette(tokens)
+    palette = token_colours(tokens)
     caption_height = 14
     row_height = caption_height + tile
     sheet = Image.new("RGB", ((tokens + 1) * (tile + gap) - gap, count * (row_height + gap) - gap), "white")

@@ -21,7 +21,7 @@ def runs_table(runs: list[RunInfo]) -> list[dict]:
     for run in runs:
         summary, config = run.summary or {}, run.config
         cost = count(config)
-        recipe = run.run.record().get("train", {})
+        recipe = run.directory.record().get("train", {})
         rows.append({
             "run": run.name,
             "state": run.state,
@@ -71,7 +71,7 @@ def _split_by_recipe(runs: list[RunInfo], config) -> tuple[list[RunInfo], list[R
     for run in runs:
         if run.config == config and run.summary and run.summary.get("test_top1"):
             try:
-                recipe = run.run.train_config().replace(seed=0)
+                recipe = run.directory.train_config().replace(seed=0)
             except RunError:
                 recipe = None
             (plain if recipe == TrainConfig() else other).append(run)
@@ -82,9 +82,20 @@ def _mean_std(runs: list[RunInfo]) -> str:
     values = [100 * run.summary["test_top1"] for run in runs]
     if not values:
         return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f} (1 run)"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)} runs)"
+    return f"{plus_minus(*mean_std(values))} ({len(values)} run{'s' if len(values) > 1 else ''})"
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation to two places; None where there are too few values."""
+    mean = round(statistics.fmean(values), 2) if values else None
+    return mean, round(statistics.stdev(values), 2) if len(values) > 1 else None
+
+
+def plus_minus(mean: float | None, std: float | None) -> str:
+    """`mean ± std` as the tables show it: "-" without a mean, the mean alone without a spread."""
+    if mean is None:
+        return "-"
+    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
 
 
 def _percent(value):
@@ -118,15 +129,15 @@ def to_csv(rows: list[dict]) -> str:
 
 def epochs_csv(runs: list[RunInfo]) -> str:
     """Every epoch of every run, one row each, for spreadsheets and plotting tools."""
-    return to_csv([{"run": run.name, **epoch} for run in runs for epoch in run.run.epochs()])
+    return to_csv([{"run": run.name, **epoch} for run in runs for epoch in run.directory.epochs()])
 
 
 def _why_not_deletable(run: RunInfo) -> str | None:
     if not Limits.current().allow_delete:
         return "runs cannot be deleted on this instance"
-    if run.run.path.resolve().parent != runs_root().resolve():
+    if run.directory.path.resolve().parent != runs_root().resolve():
         return f"{run.name} is not in the runs folder: only trained runs can be deleted"
-    if run.run.status().get("state") == "running":
+    if run.directory.status().get("state") == "running":
         return f"{run.name} is still training: stop it first"
     return None
 
@@ -141,7 +152,7 @@ def delete_run(run: RunInfo) -> None:
     problem = _why_not_deletable(run)
     if problem:
         raise ValueError(problem)
-    path = run.run.path.resolve()
+    path = run.directory.path.resolve()
     shutil.rmtree(path)
     log = path.parent / f".{path.name}.log"
     if log.exists():

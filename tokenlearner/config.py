@@ -135,23 +135,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
-        if not isinstance(values, dict):
-            raise ValueError(f"a model config must be a JSON object, got {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown model config field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
+        return _from_dict(cls, values, "model config")
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"the model config is not valid JSON: {error}") from None
-        return cls.from_dict(values)
+        return cls.from_dict(_parse_json(text, "model config"))
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -266,14 +254,32 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training config field(s) {', '.join(unknown)}")
-        return cls(**values)
+        return _from_dict(cls, values, "training config")
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls.from_dict(_parse_json(text, "training config"))
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _from_dict(config_class, values: Any, what: str):
+    """`config_class` from a dict (a JSON object); unknown fields are named, with the known ones."""
+    if not isinstance(values, dict):
+        raise ValueError(f"a {what} must be a JSON object, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
+    return config_class(**values)
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the {what} is not valid JSON: {error}") from None
 
 
 def _check_type(name: str, value: Any, annotation: str) -> None:

@@ -17,14 +17,12 @@ failed or stopped) is moved aside to OUT/name/seed_s.incomplete-N and run again.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tokenlearner.compare import mean_std, plus_minus, to_csv
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.files import atomic_path, read_json, write_text
 from tokenlearner.flops import count
@@ -127,44 +125,26 @@ def results(runs: list[GridRun], out: str | os.PathLike) -> list[dict]:
         rows.append({
             "config": name,
             "seeds": f"{len(summaries)}/{len(members)}",
-            "top1_mean": _mean(top1), "top1_std": _std(top1),
-            "top5_mean": _mean(top5), "top5_std": _std(top5),
+            **dict(zip(("top1_mean", "top1_std"), mean_std(top1))),
+            **dict(zip(("top5_mean", "top5_std"), mean_std(top5))),
             "published_top1": published.top1 if published else None,
             "params": cost.params, "macs": cost.macs, "keras_io_gflops": round(cost.keras_io_gflops, 5),
         })
     return rows
 
 
-def _mean(values):
-    return round(statistics.fmean(values), 2) if values else None
-
-
-def _std(values):
-    return round(statistics.stdev(values), 2) if len(values) > 1 else None
-
-
 def write_results(rows: list[dict], out: str | os.PathLike) -> tuple[Path, Path]:
     out = Path(out)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "results.csv", buffer.getvalue())
+    write_text(out / "results.csv", to_csv(rows))
     lines = ["| config | seeds | test top-1 (%) | test top-5 (%) | published top-1 (%) | params | MACs (M) | "
              "keras.io GFLOPs |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(
-            f"| {row['config']} | {row['seeds']} | {_pm(row['top1_mean'], row['top1_std'])} | "
-            f"{_pm(row['top5_mean'], row['top5_std'])} | {row['published_top1'] or ''} | {row['params']:,} | "
+            f"| {row['config']} | {row['seeds']} | {plus_minus(row['top1_mean'], row['top1_std'])} | "
+            f"{plus_minus(row['top5_mean'], row['top5_std'])} | {row['published_top1'] or ''} | {row['params']:,} | "
             f"{row['macs'] / 1e6:.2f} | {row['keras_io_gflops']} |")
     write_text(out / "results.md", "\n".join(lines) + "\n")
     return out / "results.csv", out / "results.md"
-
-
-def _pm(mean, std) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
 
 
 def _label_points(axes, points: list[tuple[str, float, float]], gap: float = 9.0, near: float = 20.0) -> None:

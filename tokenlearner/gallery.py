@@ -30,7 +30,7 @@ def showcase(runs: list) -> object | None:
     TokenLearner model, a shipped checkpoint before any local run."""
     candidates = [run for run in runs
                   if run.config.tokenlearner != "none" and run.summary and run.summary.get("test_top1") is not None
-                  and run.summary.get("best_epoch") in run.run.map_epochs()]
+                  and run.summary.get("best_epoch") in run.directory.map_epochs()]
     if not candidates:
         return None
     return max(candidates, key=lambda run: (run.name.startswith("checkpoints/"), run.summary["test_top1"]))

@@ -43,7 +43,7 @@ def provision(data_dir: str | os.PathLike | None = None, fetch: bool = False,
     if problems:
         raise DataError("shipped checkpoints that cannot be read: " + "; ".join(problems))
     for info in checkpoints:
-        info.run.load_model()
+        info.directory.load_model()
     found["checkpoints"] = str(len(checkpoints))
     report(f"{len(checkpoints)} shipped checkpoints load")
     return found
@@ -91,7 +91,7 @@ def warm_up() -> None:
     with_model = [run for run in runs if run.has_model]
     first = showcase(with_model) or (with_model[0] if with_model else None)
     if first is not None:
-        model = ui.load_run_model(str(first.run.model_file), first.run.model_file.stat().st_mtime)
+        model = ui.load_run_model(str(first.directory.model_file), first.directory.model_file.stat().st_mtime)
         size = first.config.input_size
         predict_with_maps(model, np.zeros((1, size, size, 3), np.uint8))
 

@@ -82,7 +82,7 @@ def dominant_token_image(image: np.ndarray, maps: np.ndarray, region: tuple[floa
                          scale: int = 8, opacity: float = 0.5) -> Image.Image:
     """The image with each patch coloured by the token whose map weights it most."""
     owner = np.argmax(maps, axis=0)
-    palette = _palette(len(maps))
+    palette = token_colours(len(maps))
     base = enlarge(image, scale)
     top, left, bottom, right = _pixel_box(region, base.size)
     colours = Image.fromarray(palette[owner]).resize((right - left, bottom - top), Image.Resampling.NEAREST)
@@ -91,7 +91,7 @@ def dominant_token_image(image: np.ndarray, maps: np.ndarray, region: tuple[floa
     return base
 
 
-def _palette(count: int) -> np.ndarray:
+def token_colours(count: int) -> np.ndarray:
     hues = np.linspace(0, 1, count, endpoint=False)
     colours = [Image.new("HSV", (1, 1), (int(h * 255), 200, 255)).convert("RGB").getpixel((0, 0)) for h in hues]
     return np.asarray(colours, dtype=np.uint8)

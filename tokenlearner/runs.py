@@ -225,7 +225,7 @@ def runs_root() -> Path:
 @dataclass(frozen=True)
 class RunInfo:
     name: str  # "checkpoints/<folder>" or "runs/<folder>"
-    run: RunDirectory
+    directory: RunDirectory
     config: ModelConfig
     state: str
     summary: dict[str, Any] | None

@@ -40,7 +40,7 @@ def presets() -> dict[str, Preset]:
     checkpoints, _ = find_checkpoints()
     for info in checkpoints:
         try:
-            choices[f"checkpoint {info.run.path.name}"] = Preset(info.config, info.run.train_config())
+            choices[f"checkpoint {info.directory.path.name}"] = Preset(info.config, info.directory.train_config())
         except RunError:
             continue  # the zoo reports a damaged checkpoint; the picker just leaves it out
     return choices

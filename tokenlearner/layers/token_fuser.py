@@ -3,7 +3,7 @@ from keras import layers, ops
 
 from tokenlearner import native
 from tokenlearner.layers.layer_normalization import LayerNormalization
-from tokenlearner.layers.token_learner import _square_grid
+from tokenlearner.layers.token_learner import square_grid
 
 
 @keras.saving.register_keras_serializable(package="tokenlearner")
@@ -30,7 +30,7 @@ class TokenFuser(layers.Layer):
 
     def build(self, tokens_shape, original_shape):
         self.num_tokens = tokens_shape[1]
-        self.grid_size = _square_grid(original_shape[1])
+        self.grid_size = square_grid(original_shape[1])
         self.tokens_norm = LayerNormalization(epsilon=self.epsilon, name="tokens_norm")
         self.tokens_norm.build(tokens_shape)
         self.token_mixer = layers.Dense(self.num_tokens, kernel_initializer="zeros", name="token_mixer")

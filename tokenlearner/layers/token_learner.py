@@ -17,7 +17,7 @@ from tokenlearner.layers.grouped_dense import GroupedDense
 from tokenlearner.layers.layer_normalization import LayerNormalization
 
 
-def _square_grid(positions):
+def square_grid(positions):
     side = math.isqrt(positions)
     if side * side != positions:
         raise ValueError(f"TokenLearner needs a square grid of positions, got {positions}")
@@ -50,7 +50,7 @@ class TokenLearner(layers.Layer):
         self.epsilon = epsilon
 
     def build(self, input_shape):
-        self.grid_size = _square_grid(input_shape[1])
+        self.grid_size = square_grid(input_shape[1])
         self.norm = LayerNormalization(epsilon=self.epsilon, name="norm")
         self.norm.build(input_shape)
         self.convs = []
@@ -118,7 +118,7 @@ class TokenLearnerV11(layers.Layer):
         self.epsilon = epsilon
 
     def build(self, input_shape):
-        self.grid_size = _square_grid(input_shape[1])
+        self.grid_size = square_grid(input_shape[1])
         channels = input_shape[-1]
         self.norm = LayerNormalization(epsilon=self.epsilon, name="norm")
         self.norm.build(input_shape)
