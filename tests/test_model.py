@@ -50,6 +50,18 @@ def test_forward_maps_and_parameter_count(name):
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
+def test_the_model_is_laid_out_as_its_config_stages_say(name):
+    config = VARIANTS[name]
+    stages = config.stages()
+    model = build_model(config)
+    assert [layer.name for layer in model.layers if layer.name.startswith(("block_", "token_"))
+            and layer.name != "token_pool"] == [stage.name for stage in stages]
+    for stage in stages:
+        if stage.kind == "block":  # the tokens a block attends over: its input's length
+            assert model.get_layer(stage.name).input.shape[1] == stage.tokens
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
 def test_backward_reaches_every_weight(name):
     model = build_model(VARIANTS[name])
     # Move every weight off its initial value: TokenFuser's zero-initialised token mixer

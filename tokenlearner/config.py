@@ -30,6 +30,17 @@ def _knob(default: Any, help: str, flag: str | None = None) -> Any:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One step of a model's layout (`ModelConfig.stages`): a transformer block, a
+    TokenLearner or a TokenFuser, named as `build_model` names its layer, with the number
+    of tokens it reads (for a block, the tokens it attends over)."""
+
+    kind: str  # "block", "token_learner" or "token_fuser"
+    name: str
+    tokens: int
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """A mini Vision Transformer, optionally with TokenLearner and TokenFuser."""
 
@@ -116,13 +127,33 @@ class ModelConfig:
         end = (self.crop_offset + self.image_size) / self.resize_size
         return (start, start, end, end)
 
+    def stages(self) -> tuple["Stage", ...]:
+        """The model's layout after the patch embedding, in order: the one description that
+        `build_model`, the FLOPs and parameter counts and the app follow.
+
+        Without TokenFuser one TokenLearner sits before block `placement` (after the last
+        block when placement == depth) and the blocks after it attend over its tokens. With
+        TokenFuser every block from `placement` on is wrapped: a TokenLearner of its own
+        before it, a TokenFuser after it that maps the tokens back onto the patches."""
+        learned = self.tokenlearner != "none"
+        stages = []
+        for index in range(self.depth):
+            if self.fuser and index >= self.placement:
+                stages += [Stage("token_learner", f"token_learner_{index}", self.num_patches),
+                           Stage("block", f"block_{index}", self.num_tokens),
+                           Stage("token_fuser", f"token_fuser_{index}", self.num_tokens)]
+                continue
+            if learned and index == self.placement:
+                stages.append(Stage("token_learner", "token_learner", self.num_patches))
+            after_learner = learned and not self.fuser and index >= self.placement
+            stages.append(Stage("block", f"block_{index}", self.num_tokens if after_learner else self.num_patches))
+        if learned and self.placement == self.depth:
+            stages.append(Stage("token_learner", "token_learner", self.num_patches))
+        return tuple(stages)
+
     def tokens_per_block(self) -> list[int]:
         """How many tokens each block attends over."""
-        learned = self.tokenlearner != "none"
-        return [
-            self.num_tokens if learned and i >= self.placement else self.num_patches
-            for i in range(self.depth)
-        ]
+        return [stage.tokens for stage in self.stages() if stage.kind == "block"]
 
     # Serialisation.
     def to_dict(self) -> dict[str, Any]:

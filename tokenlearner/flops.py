@@ -116,8 +116,7 @@ def count(config: ModelConfig) -> CostReport:
     add("patch_embedding", "patch_embedding", patch_macs,
         2 * pixels + 2 * patch_macs + patches * c + 2 * patches + patches * c)
 
-    def block(index: int, length: int) -> None:
-        name = f"block_{index}"
+    def block(name: str, length: int) -> None:
         inner = config.heads * config.key_dim
         add(f"{name}/attention_norm", "attention_projections", 0, _layer_norm(length, c))
         add(f"{name}/qkv", "attention_projections", length * c * 3 * inner, 0)
@@ -132,7 +131,7 @@ def count(config: ModelConfig) -> CostReport:
             width = units
         add(f"{name}/mlp_residual", "mlp", 0, length * c)
 
-    def token_learner(name: str) -> None:
+    def token_learner(name: str, patches: int) -> None:
         add(f"{name}/norm", "tokenlearner", 0, _layer_norm(patches, c))
         if config.tokenlearner == "v1":
             channels = c
@@ -158,7 +157,7 @@ def count(config: ModelConfig) -> CostReport:
             add(f"{name}/selector", "tokenlearner", macs, flops)
         add(f"{name}/pooling", "tokenlearner", tokens * patches * c, _SOFTMAX * tokens * patches)  # einsum
 
-    def token_fuser(name: str) -> None:
+    def token_fuser(name: str, tokens: int) -> None:
         mix_macs, mix_flops = _dense(c, tokens, tokens)
         add(f"{name}/token_mixer", "tokenfuser", mix_macs,
             _layer_norm(tokens, c) + mix_flops + _layer_norm(tokens, c))
@@ -168,20 +167,11 @@ def count(config: ModelConfig) -> CostReport:
         add(f"{name}/gate_output", "tokenfuser", gate_macs, gate_flops)
         add(f"{name}/fusion", "tokenfuser", patches * tokens * c, patches * c)  # einsum + residual
 
-    learned = config.tokenlearner != "none"
-    for index, length in enumerate(config.tokens_per_block()):
-        if config.fuser and index >= config.placement:
-            token_learner(f"token_learner_{index}")
-            block(index, length)
-            token_fuser(f"token_fuser_{index}")
-            continue
-        if learned and index == config.placement:
-            token_learner("token_learner")
-        block(index, length)
-    if learned and config.placement == config.depth:
-        token_learner("token_learner")
+    walk = {"block": block, "token_learner": token_learner, "token_fuser": token_fuser}
+    for stage in config.stages():
+        walk[stage.kind](stage.name, stage.tokens)
 
-    final = config.num_patches if config.fuser or not learned else tokens
+    final = config.num_patches if config.fuser or config.tokenlearner == "none" else tokens
     head_macs, head_flops = _dense(1, c, config.num_classes)
     add("classifier", "head", head_macs,
         _layer_norm(final, c) + final * c + head_flops + _SOFTMAX * config.num_classes)
@@ -199,18 +189,13 @@ def count_params(config: ModelConfig) -> int:
         mlp += width * units + units
         width = units
     block = 2 * norm + c * 3 * inner + 3 * inner + inner * c + c + mlp
-    total += config.depth * block
     if config.tokenlearner == "v1":
         learner = norm + 9 * c * tokens + 3 * 9 * tokens * tokens
     elif config.tokenlearner == "v11" and config.v11_style == "grouped_conv":
         learner = norm + 2 * c * (c // config.v11_groups) + c * tokens
-    elif config.tokenlearner == "v11":
+    else:
         learner = norm + c * bottleneck + bottleneck + bottleneck * tokens + tokens
-    else:
-        learner = 0
-    if config.fuser:
-        fuser = 3 * norm + tokens * tokens + tokens + c * bottleneck + bottleneck + bottleneck * tokens + tokens
-        total += (config.depth - config.placement) * (learner + fuser)
-    else:
-        total += learner
+    fuser = 3 * norm + tokens * tokens + tokens + c * bottleneck + bottleneck + bottleneck * tokens + tokens
+    each = {"block": block, "token_learner": learner, "token_fuser": fuser}
+    total += sum(each[stage.kind] for stage in config.stages())
     return total + norm + c * config.num_classes + config.num_classes

@@ -57,27 +57,20 @@ def build_model(config: ModelConfig, name: str = "tokenlearner_vit") -> keras.Mo
     )(inputs)
     x = PatchEmbedding(config.patch_size, config.dim, name="patch_embedding")(x)
     x = Dropout(config.dropout, name="embedding_dropout")(x)
-    for index in range(config.depth):
-        block = TransformerBlock(
-            config.heads,
-            config.key_dim,
-            config.mlp_units,
-            dropout=config.dropout,
-            attention_dropout=config.attention_dropout,
-            epsilon=LAYER_NORM_EPSILON,
-            name=f"block_{index}",
-        )
-        if config.fuser and index >= config.placement:
-            tokens, _ = _token_learner(config, f"token_learner_{index}")(x, return_maps=True)
-            fuser = TokenFuser(config.bottleneck_dim, LAYER_NORM_EPSILON, name=f"token_fuser_{index}")
-            fused, _ = fuser(block(tokens), x, return_maps=True)
-            x = layers.Add(name=f"fuser_residual_{index}")([fused, x])
-            continue
-        if config.tokenlearner != "none" and index == config.placement:
-            x, _ = _token_learner(config, "token_learner")(x, return_maps=True)
-        x = block(x)
-    if config.tokenlearner != "none" and config.placement == config.depth:
-        x, _ = _token_learner(config, "token_learner")(x, return_maps=True)
+    patches = x  # what a TokenFuser maps its block's tokens back onto
+    for stage in config.stages():
+        if stage.kind == "token_learner":
+            patches = x
+            x, _ = _token_learner(config, stage.name)(x, return_maps=True)
+        elif stage.kind == "block":
+            x = TransformerBlock(config.heads, config.key_dim, config.mlp_units, dropout=config.dropout,
+                                 attention_dropout=config.attention_dropout, epsilon=LAYER_NORM_EPSILON,
+                                 name=stage.name)(x)
+        else:
+            fused, _ = TokenFuser(config.bottleneck_dim, LAYER_NORM_EPSILON, name=stage.name)(x, patches,
+                                                                                             return_maps=True)
+            index = stage.name.rsplit("_", 1)[1]
+            x = layers.Add(name=f"fuser_residual_{index}")([fused, patches])
     x = LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="final_norm")(x)
     x = layers.GlobalAveragePooling1D(name="token_pool")(x)
     outputs = layers.Dense(config.num_classes, activation="softmax", name="classifier")(x)
