@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,9 +13,11 @@ SHARED = REPO.parent / "shared"
 REFERENCE = SHARED / "reference" / "keras_io_reference.py"
 
 
-def python_command(*args: str) -> list[str]:
-    """Run this interpreter with the repository importable, as a user's shell would."""
-    return [sys.executable, *args]
+def tokenlearner_command(*args: str, **options) -> subprocess.CompletedProcess:
+    """`python -m tokenlearner ARGS` as a user runs it: this interpreter, from the
+    repository's root, its output captured as text; `options` go to `subprocess.run`."""
+    return subprocess.run([sys.executable, "-m", "tokenlearner", *args], cwd=REPO, capture_output=True, text=True,
+                          **options)
 
 
 @pytest.fixture(scope="session")

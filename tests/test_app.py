@@ -7,7 +7,6 @@ import subprocess
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tokenlearner.charts import macs_breakdown_figure, macs_sweep_figure
 from tokenlearner.config import ModelConfig
 from tokenlearner.flops import count
 from tokenlearner.runs import RunDirectory
@@ -70,23 +69,6 @@ def test_choosing_a_preset_resets_its_controls():
     test.selectbox(key="flops_0_preset").set_value("keras-io-8-tokens").run()
     assert test.slider(key="flops_0_tokens").value == 8
     assert metric(test, "MACs") == "79.84 M"
-
-
-def test_breakdown_figure_stacks_every_category_with_work():
-    reports = {"4 tokens": count(ModelConfig()), "fuser": count(ModelConfig(fuser=True))}
-    figure = macs_breakdown_figure(reports)
-    bars = [trace for trace in figure.data if trace.type == "bar"]
-    assert {trace.name for trace in bars} >= {"MLP", "TokenLearner", "TokenFuser", "attention matmuls (QK^T, AV)"}
-    for column, report in enumerate(reports.values()):
-        assert sum(trace.y[column] for trace in bars) == pytest.approx(report.macs / 1e6)
-
-
-@pytest.mark.parametrize("parameter, points", [("num_tokens", 64), ("placement", 5)])
-def test_sweep_figure_covers_the_valid_range(parameter, points):
-    figure = macs_sweep_figure(ModelConfig(), parameter)
-    full = figure.data[0]
-    assert len(full.x) == points
-    assert full.y[list(full.x).index(4 if parameter == "num_tokens" else 3)] == pytest.approx(78.06592)
 
 
 @pytest.fixture
@@ -173,8 +155,9 @@ def test_attention_page_names_a_damaged_data_batch_and_a_damaged_model(explorer,
 
 
 def test_a_damaged_data_folder_is_read_once_until_its_files_change(explorer, tmp_path, monkeypatch):
-    import tokenlearner.data
     from cifar_files import make_cifar_folder
+
+    import tokenlearner.data
 
     data = make_cifar_folder(tmp_path / "damaged" / "cifar-10-batches-py")
     raw = (data / "data_batch_2").read_bytes()
@@ -342,20 +325,6 @@ def test_compare_page(two_runs):
     assert not two_runs[1].path.exists() and two_runs[0].path.exists()
 
 
-def test_pareto_front_and_exports(two_runs):
-    from tokenlearner.compare import epochs_csv, pareto_front, runs_table
-    from tokenlearner.runs import find_runs
-
-    runs, _ = find_runs(two_runs[0].path.parent)
-    rows = runs_table(runs)
-    # the baseline is both cheaper (depth 2) and more accurate: it alone is on the front
-    assert pareto_front(rows) == ["runs/baseline"]
-    rows.append({**rows[0], "run": "runs/bigger-better", "test_top1": 60.0, "macs_m": 500.0})
-    assert sorted(pareto_front(rows)) == ["runs/baseline", "runs/bigger-better"]
-    lines = epochs_csv(runs).splitlines()
-    assert lines[0].startswith("run,epoch,loss") and len(lines) == 3
-
-
 def test_without_data_the_pages_say_where_they_looked(tmp_path, monkeypatch):
     monkeypatch.delenv("TOKENLEARNER_DATA_DIR", raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
@@ -452,19 +421,6 @@ def test_a_shipped_checkpoint_is_a_preset_of_model_and_recipe(tmp_path, monkeypa
                in caption.value for caption in test.caption)
 
 
-def test_recipe_controls_keep_the_preset_recipe_valid():
-    from tokenlearner.config import TrainConfig
-    from tokenlearner.jobs import recipe_beyond_controls, recipe_from_controls
-
-    base = TrainConfig(epochs=120, warmup_epochs=5, label_smoothing=0.1)
-    recipe = recipe_from_controls(base, epochs=3, seed=1)
-    assert (recipe.epochs, recipe.warmup_epochs, recipe.seed, recipe.label_smoothing) == (3, 2, 1, 0.1)
-    assert recipe_beyond_controls(recipe) == {"warmup_epochs": 2, "label_smoothing": 0.1}
-    assert recipe_beyond_controls(TrainConfig(epochs=5, seed=2)) == {}
-    with pytest.raises(ValueError, match="controls only"):
-        recipe_from_controls(base, weight_decay=0.1)
-
-
 def test_home_shows_what_the_best_models_tokens_pool(explorer):
     import os
 
@@ -488,48 +444,6 @@ def test_home_shows_what_the_best_models_tokens_pool(explorer):
     test = app().run()
     assert not test.exception, test.exception
     assert len(test.get("image")) == 0
-
-
-def test_fixed_images_come_only_from_the_copy_a_run_was_trained_on():
-    import numpy as np
-
-    from tokenlearner.gallery import is_training_copy
-
-    labels = np.array([3, 1, 4, 1, 5])
-    assert is_training_copy(labels, [4, 1], [5, 1])
-    assert not is_training_copy(labels, [4, 1], [5, 2])
-    assert not is_training_copy(labels, [7], [5])
-
-
-def test_the_keras_io_table_sets_our_grid_means_beside_the_published_ones(tmp_path):
-    from tokenlearner.compare import keras_io_table
-    from tokenlearner.config import TrainConfig
-    from tokenlearner.presets import PRESETS
-    from tokenlearner.runs import RunDirectory, find_grid_runs
-
-    def finished(path, config, recipe, top1):
-        run = RunDirectory(path).create({"model": config.to_dict(), "train": recipe.to_dict()})
-        run.write_summary({"test_top1": top1})
-        run.set_status("finished")
-
-    for seed, top1 in enumerate((0.35, 0.37)):
-        finished(tmp_path / "tables" / "8-tokens" / f"seed_{seed}", PRESETS["keras-io-8-tokens"],
-                 TrainConfig(seed=seed), top1)
-    finished(tmp_path / "tables" / "8-tokens" / "seed_2.incomplete-1", PRESETS["keras-io-8-tokens"], TrainConfig(), 0.9)
-    finished(tmp_path / "recipes" / "8-tokens" / "seed_0", PRESETS["keras-io-8-tokens"],
-             TrainConfig(epochs=120, mixup_alpha=0.8), 0.51)
-    runs = find_grid_runs(tmp_path)
-    assert sorted(run.name for run in runs) == [f"{tmp_path.name}/recipes/8-tokens/seed_0",
-                                                f"{tmp_path.name}/tables/8-tokens/seed_0",
-                                                f"{tmp_path.name}/tables/8-tokens/seed_1"]
-    rows = {row["configuration"]: row for row in keras_io_table(runs, published_runs=runs[1:2])}
-    eight = rows["TokenLearner v1.0, 8 tokens"]
-    assert eight["published top-1 (%)"] == 56.55 and eight["published runs"] == 5
-    assert rows["TokenLearner v1.1, 4 groups, 8 tokens"]["published runs"] == 1
-    assert eight["docs/results.md, keras.io recipe (%)"] == "35.00 (1 run)"
-    assert eight["ours, keras.io recipe (%)"] == "36.00 ± 1.41 (2 runs)"
-    assert eight["ours, best other recipe (%)"] == f"51.00 ({tmp_path.name}/recipes/8-tokens/seed_0)"
-    assert rows["TokenLearner v1.0, 4 tokens"]["ours, keras.io recipe (%)"] == "-"
 
 
 def test_a_shipped_checkpoint_is_shown_on_home_and_attention(cifar_dir, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import REPO
+from conftest import REPO, tokenlearner_command
 
 from tokenlearner import ModelConfig
 from tokenlearner.keras_io import reference_flags
@@ -26,8 +26,9 @@ TWO_FITS = """
 """
 
 
-def run_module(*args):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO)
+def fit_timing(*args):
+    return subprocess.run([sys.executable, "-m", "tokenlearner.fit_timing", *args], capture_output=True, text=True,
+                          cwd=REPO)
 
 
 # That `reference_flags` builds the same model in the script: tests/test_keras_io.py.
@@ -47,7 +48,7 @@ def test_models_the_reference_cannot_build_are_refused_by_field(config, named):
 def test_fit_timing_times_every_batch_of_every_fit(ending, exit_status, tmp_path):
     script = tmp_path / "two_fits.py"
     script.write_text(textwrap.dedent(TWO_FITS))
-    result = run_module("tokenlearner.fit_timing", str(script), ending, "--flag")
+    result = fit_timing(str(script), ending, "--flag")
     assert result.returncode == exit_status, result.stderr
     assert ("RuntimeError: the script failed" in result.stderr) == (ending == "raise")
     printed = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -59,12 +60,12 @@ def test_fit_timing_times_every_batch_of_every_fit(ending, exit_status, tmp_path
 
 
 def test_fit_timing_without_a_script_says_so_in_one_line(tmp_path):
-    result = run_module("tokenlearner.fit_timing", str(tmp_path / "missing.py"))
+    result = fit_timing(str(tmp_path / "missing.py"))
     assert (result.returncode, result.stderr.strip()) == (2, f"error: {tmp_path / 'missing.py'}: no such file")
 
 
 def test_bench_prints_its_measures_as_json_with_one_thread_per_op():
-    result = run_module("tokenlearner", "bench", "--steps", "1", "--batch-size", "20", "--json")
+    result = tokenlearner_command("bench", "--steps", "1", "--batch-size", "20", "--json")
     assert result.returncode == 0, result.stderr
     measured = json.loads(result.stdout)
     assert measured["train_images_per_s"] > 0 and measured["infer_ms_per_image"] > 0
@@ -74,7 +75,7 @@ def test_bench_prints_its_measures_as_json_with_one_thread_per_op():
 
 @pytest.mark.slow
 def test_bench_times_the_reference_beside_ours(reference_script, cifar_dir):
-    result = run_module("tokenlearner", "bench", "--reference", str(reference_script), "--data-dir",
+    result = tokenlearner_command("bench", "--reference", str(reference_script), "--data-dir",
                         str(cifar_dir), "--pairs", "1", "--steps", "2", "--batch-size", "16", "--json")
     assert result.returncode == 0, result.stderr
     (pair,) = json.loads(result.stdout)["pairs"]
@@ -96,7 +97,7 @@ def test_bench_reference_errors_are_one_line(args, message, tmp_path):
     script = tmp_path / "script.py"
     script.write_text("")
     args = [arg.format(script=script) for arg in args]
-    result = run_module("tokenlearner", "bench", *args, "--data-dir", str(tmp_path))
+    result = tokenlearner_command("bench", *args, "--data-dir", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {message}"]
 
@@ -105,7 +106,7 @@ def test_a_failing_reference_is_reported_in_one_line(tmp_path):
     script = tmp_path / "failing.py"
     script.write_text("raise SystemExit('cannot read the data')\n")
     (tmp_path / "test_batch").write_bytes(b"")
-    result = run_module("tokenlearner", "bench", "--reference", str(script), "--data-dir", str(tmp_path))
+    result = tokenlearner_command("bench", "--reference", str(script), "--data-dir", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: the reference failed (exit status 1): cannot read the data"]
 
@@ -114,7 +115,7 @@ def test_a_script_that_is_not_the_reference_is_named(tmp_path):
     script = tmp_path / "not_the_reference.py"
     script.write_text("print('hello')\n")
     (tmp_path / "test_batch").write_bytes(b"")  # where the data is found; the script never reads it
-    result = run_module("tokenlearner", "bench", "--reference", str(script), "--data-dir", str(tmp_path),
+    result = tokenlearner_command("bench", "--reference", str(script), "--data-dir", str(tmp_path),
                         "--pairs", "1")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (

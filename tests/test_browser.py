@@ -111,16 +111,12 @@ def test_a_link_opens_the_page_with_its_config(browser, server):
 def test_bench_app_measures_the_shipped_checkpoints_as_the_readme_says(cifar_dir):
     """The README's app benchmark, on two shipped checkpoints (the runs folder is then
     checkpoints/ itself, which the model picker must list once)."""
-    import subprocess
-
-    from conftest import python_command
+    from conftest import tokenlearner_command
 
     if not os.path.exists(CHROMIUM):
         pytest.skip("no Chromium here: install Debian's chromium package (apt-get install chromium)")
-    result = subprocess.run(
-        python_command("-m", "tokenlearner", "bench-app", "--runs", "checkpoints/v1-4-tokens",
-                       "checkpoints/v11-8-tokens", "--data-dir", str(cifar_dir), "--chromium", CHROMIUM),
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = tokenlearner_command("bench-app", "--runs", "checkpoints/v1-4-tokens", "checkpoints/v11-8-tokens",
+                                  "--data-dir", str(cifar_dir), "--chromium", CHROMIUM, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("token maps of 8 images, model loaded: ") and lines[0].endswith("(forward pass and "

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 from cifar_files import make_cifar_folder
-from conftest import REPO
+from conftest import REPO, tokenlearner_command
 from PIL import Image
 
 import tokenlearner  # noqa: F401  (registers the layers, as a user's `import tokenlearner` does)
@@ -25,10 +25,6 @@ from tokenlearner.training import Steps
 
 SHIPPED = sorted(path for path in CHECKPOINTS_DIR.iterdir() if path.is_dir()) if CHECKPOINTS_DIR.is_dir() else []
 GRID = {run.name: run for run in read_grid(REPO / "tokenlearner" / "grids" / "checkpoints.json")}
-
-
-def tokenlearner_command(*args):
-    return subprocess.run([sys.executable, "-m", "tokenlearner", *args], capture_output=True, text=True, cwd=REPO)
 
 
 @pytest.fixture(scope="module")

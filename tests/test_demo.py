@@ -18,9 +18,22 @@ from PIL import Image
 from tokenlearner import jobs, native, processes
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import DataError, datasets_dir, find_data_dir, read_batch
-from tokenlearner.files import atomic_path, read_json, remove_stale_temporaries, write_json
+from tokenlearner.files import (
+    atomic_path,
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+)
 from tokenlearner.images import ImageError, read_image
-from tokenlearner.jobs import JobError, active_job, last_job, may_stop, start_job, stop_job, tidy_runs
+from tokenlearner.jobs import (
+    JobError,
+    active_job,
+    last_job,
+    may_stop,
+    start_job,
+    stop_job,
+    tidy_runs,
+)
 from tokenlearner.limits import Limits, demo_mode
 from tokenlearner.runs import RunDirectory, RunError, find_runs
 

@@ -1,8 +1,7 @@
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import tokenlearner_command
 
 from tokenlearner import PRESETS, ModelConfig, build_model, native
 from tokenlearner.flops import CATEGORIES, count
@@ -91,12 +90,8 @@ def test_report_rows_follow_the_model():
     assert {row.category for row in report.layers} <= set(CATEGORIES)
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "tokenlearner", *args], capture_output=True, text=True)
-
-
 def test_flops_command_json():
-    result = run_cli("flops", "--tokens", "8", "--json")
+    result = tokenlearner_command("flops", "--tokens", "8", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["params"] == 1_355_850
@@ -107,7 +102,7 @@ def test_flops_command_json():
 
 
 def test_flops_command_table():
-    result = run_cli("flops", "--preset", "keras-io-depth-8")
+    result = tokenlearner_command("flops", "--preset", "keras-io-depth-8")
     assert result.returncode == 0, result.stderr
     assert "block_7/attention_scores" in result.stdout
     assert "2,665,610" in result.stdout and "0.03594" in result.stdout
@@ -125,7 +120,7 @@ def test_flops_command_table():
     ],
 )
 def test_bad_flags_exit_with_one_line(flags, message):
-    result = run_cli("flops", *flags)
+    result = tokenlearner_command("flops", *flags)
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

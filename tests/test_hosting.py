@@ -7,11 +7,12 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 import urllib.request
 
 import pytest
-from conftest import REPO, python_command
+from conftest import REPO, tokenlearner_command
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 
@@ -41,8 +42,7 @@ def test_the_dockerfiles_provisioning_runs_here_on_the_shared_sample(cifar_dir, 
     command = shlex.split(provisioning.replace("--download", f"--data-dir {cifar_dir}"))
     assert command[:3] == ["python", "-m", "tokenlearner"]
     environment = {**os.environ, "TOKENLEARNER_DEMO": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    result = subprocess.run(python_command(*command[1:]), cwd=REPO, env=environment, capture_output=True, text=True,
-                            timeout=300)
+    result = tokenlearner_command(*command[3:], env=environment, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "native dropout, GELU and LayerNorm kernels" in result.stdout
     assert "6 shipped checkpoints load" in result.stdout and "ready:" in result.stdout
@@ -50,8 +50,7 @@ def test_the_dockerfiles_provisioning_runs_here_on_the_shared_sample(cifar_dir, 
 
 
 def test_provisioning_names_what_is_missing(tmp_path):
-    result = subprocess.run(python_command("-m", "tokenlearner", "provision", "--data-dir", str(tmp_path / "none")),
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = tokenlearner_command("provision", "--data-dir", str(tmp_path / "none"), timeout=300)
     assert result.returncode == 2 and result.stderr.startswith("error: no CIFAR-10 found"), result.stderr
 
 
@@ -61,7 +60,7 @@ def test_the_dockerfiles_server_command_serves_the_app(tmp_path):
     command = [str(port) if part == "$PORT" else part for part in command]
     command = [part if part != "0.0.0.0" else "127.0.0.1" for part in command]
     environment = {**os.environ, "TOKENLEARNER_DEMO": "1", "TOKENLEARNER_RUNS_DIR": str(tmp_path / "runs")}
-    server = subprocess.Popen(python_command(*command[1:]), cwd=REPO, env=environment, stdout=subprocess.DEVNULL,
+    server = subprocess.Popen([sys.executable, *command[1:]], cwd=REPO, env=environment, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -84,11 +83,9 @@ def test_the_rehearsal_runs_small_and_starts_one_job_from_simultaneous_starts(ci
     if not os.path.exists(chromium):
         pytest.skip("no Chromium here: install Debian's chromium package (apt-get install chromium)")
     pytest.importorskip("playwright", reason="pip install playwright (requirements-dev.txt)")
-    result = subprocess.run(
-        python_command("-m", "tokenlearner", "rehearse", "--sessions", "2", "--seconds", "15", "--train-images",
-                       "2000", "--test-images", "500", "--data-dir", str(cifar_dir), "--work", str(tmp_path),
-                       "--chromium", chromium, "--json"),
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = tokenlearner_command("rehearse", "--sessions", "2", "--seconds", "15", "--train-images", "2000",
+                                  "--test-images", "500", "--data-dir", str(cifar_dir), "--work", str(tmp_path),
+                                  "--chromium", chromium, "--json", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(result.stdout)
     assert measured["simultaneous_starts"] == 2 and measured["jobs_started_by_simultaneous_starts"] == 1

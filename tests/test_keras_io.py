@@ -8,11 +8,16 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from conftest import tokenlearner_command
 
 from tokenlearner import ModelConfig
 from tokenlearner.cli import build_parser
 from tokenlearner.flags import model_config
-from tokenlearner.keras_io import keras_io_weight_map, load_keras_io_weights, reference_flags
+from tokenlearner.keras_io import (
+    keras_io_weight_map,
+    load_keras_io_weights,
+    reference_flags,
+)
 from tokenlearner.runs import RunDirectory
 
 # our flags, and more flags for the reference (whose model flags come from `reference_flags`)
@@ -25,10 +30,6 @@ CONFIGS = {
 }
 PUBLISHED_PARAMS = {"4-tokens": 1_349_946, "8-tokens": 1_355_850, "no-tokenlearner": 1_344_650,
                     "depth-8-no-tokenlearner": 2_665_610}
-
-
-def run_tokenlearner(*args):
-    return subprocess.run([sys.executable, "-m", "tokenlearner", *args], capture_output=True, text=True)
 
 
 @pytest.mark.slow
@@ -47,7 +48,7 @@ def test_imported_weights_reproduce_the_reference(name, reference_script, cifar_
     if name in PUBLISHED_PARAMS:
         assert reference_params == PUBLISHED_PARAMS[name]
 
-    result = run_tokenlearner("import-keras-io", str(weights), "--probe", str(probe), "--out",
+    result = tokenlearner_command("import-keras-io", str(weights), "--probe", str(probe), "--out",
                               str(tmp_path / "checkpoint"), *our_flags)
     assert result.returncode == 0, result.stderr
     assert f"({reference_params:,} parameters)" in result.stdout
@@ -92,14 +93,14 @@ def test_import_command_refuses_to_overwrite(tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    result = run_tokenlearner("import-keras-io", str(tmp_path / "w.weights.h5"), "--out", str(out))
+    result = tokenlearner_command("import-keras-io", str(tmp_path / "w.weights.h5"), "--out", str(out))
     assert result.returncode == 2
     assert "already exists and is not empty: choose a new run directory" in result.stderr
     assert (out / "keep.txt").read_text() == "precious"
 
 
 def test_import_command_reports_bad_weights_in_one_line(tmp_path):
-    result = run_tokenlearner("import-keras-io", str(tmp_path / "missing.weights.h5"), "--out", str(tmp_path / "o"))
+    result = tokenlearner_command("import-keras-io", str(tmp_path / "missing.weights.h5"), "--out", str(tmp_path / "o"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.weights.h5'}: no such weights file"]
     assert not (tmp_path / "o").exists()

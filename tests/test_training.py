@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 from cifar_files import make_cifar_folder
-from conftest import REPO
+from conftest import REPO, tokenlearner_command
 
 from tokenlearner.runs import RunDirectory
 
@@ -21,11 +21,6 @@ pytestmark = pytest.mark.slow
 def small_cifar(tmp_path_factory):
     return make_cifar_folder(tmp_path_factory.mktemp("data") / "cifar-10-batches-py", rows_per_batch=80,
                              test_rows=50)
-
-
-def tokenlearner(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "tokenlearner", *args], capture_output=True, text=True,
-                          cwd=REPO, **kwargs)
 
 
 def start_training(out, data, *flags):
@@ -57,7 +52,7 @@ def check_every_file_parses(run: RunDirectory):
 
 def test_one_epoch_writes_a_complete_run_that_evaluate_reads(small_cifar, tmp_path):
     flags = ["--epochs", "1", "--batch-size", "64", "--tokens", "8", "--seed", "7"]
-    result = tokenlearner("train", "--out", str(tmp_path / "run"), "--data-dir", str(small_cifar), *flags)
+    result = tokenlearner_command("train", "--out", str(tmp_path / "run"), "--data-dir", str(small_cifar), *flags)
     assert result.returncode == 0, result.stderr
     run = RunDirectory(tmp_path / "run")
     check_every_file_parses(run)
@@ -78,7 +73,7 @@ def test_one_epoch_writes_a_complete_run_that_evaluate_reads(small_cifar, tmp_pa
     assert probabilities.shape == (8, 10) and maps["token_learner"].shape == (8, 8, 8, 8)
     assert len(run.map_images()["train_batch_indices"]) == 8
 
-    evaluated = tokenlearner("evaluate", str(run.path), "--data-dir", str(small_cifar), "--json")
+    evaluated = tokenlearner_command("evaluate", str(run.path), "--data-dir", str(small_cifar), "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout)
     for key in ("test_top1", "test_top5", "test_loss"):  # the names metrics.json uses
@@ -86,7 +81,7 @@ def test_one_epoch_writes_a_complete_run_that_evaluate_reads(small_cifar, tmp_pa
     assert result["test_confusion"] == summary["test_confusion"]
     assert np.asarray(result["test_confusion"]).sum() == 50
 
-    again = tokenlearner("train", "--out", str(tmp_path / "again"), "--data-dir", str(small_cifar), *flags)
+    again = tokenlearner_command("train", "--out", str(tmp_path / "again"), "--data-dir", str(small_cifar), *flags)
     assert again.returncode == 0, again.stderr
     first, second = run.epochs()[0], RunDirectory(tmp_path / "again").epochs()[0]
     for key in ("loss", "top1", "val_loss", "val_top1"):
@@ -156,7 +151,7 @@ def test_a_run_stopped_before_its_first_step_says_it_saved_nothing(small_cifar, 
     ],
 )
 def test_user_errors_exit_with_one_line(args, message, small_cifar, tmp_path):
-    result = tokenlearner(*[arg.format(tmp=tmp_path, data=small_cifar) for arg in args])
+    result = tokenlearner_command(*[arg.format(tmp=tmp_path, data=small_cifar) for arg in args])
     assert result.returncode == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
