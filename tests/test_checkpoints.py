@@ -21,7 +21,7 @@ from tokenlearner.data import load_cifar10
 from tokenlearner.experiment import read_grid
 from tokenlearner.model import predict_with_maps
 from tokenlearner.runs import CHECKPOINTS_DIR, RunDirectory, RunError
-from tokenlearner.training import Steps
+from tokenlearner.steps import Steps
 
 SHIPPED = sorted(path for path in CHECKPOINTS_DIR.iterdir() if path.is_dir()) if CHECKPOINTS_DIR.is_dir() else []
 GRID = {run.name: run for run in read_grid(REPO / "tokenlearner" / "grids" / "checkpoints.json")}

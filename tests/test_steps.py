@@ -8,7 +8,8 @@ from test_model import VARIANTS
 
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.model import build_model
-from tokenlearner.training import CHUNK_IMAGES, Steps, make_optimizer
+from tokenlearner.steps import CHUNK_IMAGES, Steps
+from tokenlearner.training import make_optimizer
 
 
 @pytest.mark.parametrize("recipe", [TrainConfig(), TrainConfig(random_shift=2, mixup_alpha=0.8, cutmix_alpha=1.0)],

@@ -37,7 +37,8 @@ def benchmark(config: ModelConfig, batch_size: int = 256, steps: int = 6, starte
     import tensorflow as tf
 
     from tokenlearner.model import build_model
-    from tokenlearner.training import Steps, make_optimizer
+    from tokenlearner.steps import Steps
+    from tokenlearner.training import make_optimizer
 
     started = time.time() if started is None else started
     keras.utils.set_random_seed(0)

@@ -232,7 +232,7 @@ def ship(run_dir: str | os.PathLike, destination: str | os.PathLike, load_data: 
     accuracy of its metrics.json, draw its maps picture on the test images of
     `load_data()` and write its card. The folder appears whole or not at all."""
     from tokenlearner.model import predict_with_maps
-    from tokenlearner.training import Steps
+    from tokenlearner.steps import Steps
 
     source, destination = check_shippable(run_dir, destination), Path(destination)
     source.load_model()  # a RunError if its model is damaged

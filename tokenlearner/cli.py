@@ -48,7 +48,7 @@ def import_keras_quietly(one_thread_per_op: bool = False) -> None:
     start-up notices there (oneDNN, CUDA) before any log level applies, and they would
     bury the one-line errors this command line promises. Set TF_CPP_MIN_LOG_LEVEL to
     see TensorFlow's own logs again. `one_thread_per_op` is for the commands that train or
-    evaluate with `Steps` (see `training.use_one_thread_per_op`)."""
+    evaluate with `Steps` (see `steps.use_one_thread_per_op`)."""
     if "keras" not in sys.modules:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         sys.stderr.flush()
@@ -61,7 +61,7 @@ def import_keras_quietly(one_thread_per_op: bool = False) -> None:
             os.close(saved)
             os.close(devnull)
     if one_thread_per_op:
-        from tokenlearner.training import use_one_thread_per_op
+        from tokenlearner.steps import use_one_thread_per_op
 
         use_one_thread_per_op()
 
@@ -187,7 +187,8 @@ def _open_run(path: str, one_thread_per_op: bool = False):
 def run_evaluate(args: argparse.Namespace) -> None:
     model, config = _open_run(args.run, one_thread_per_op=True)
     data = _load_data(args.data_dir)
-    from tokenlearner.training import Steps, check_data_fits
+    from tokenlearner.steps import Steps
+    from tokenlearner.training import check_data_fits
 
     check_data_fits(config, data)
 

@@ -10,29 +10,24 @@ the test set is evaluated with them.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from tokenlearner import native
-from tokenlearner.augment import BatchAugmentation
 from tokenlearner.config import ModelConfig, TrainConfig
-from tokenlearner.data import Cifar10, DataError, split
+from tokenlearner.data import Cifar10, DataError, Split, split
 from tokenlearner.flops import count
 from tokenlearner.runs import RunDirectory
+from tokenlearner.steps import Steps
 
 MAP_IMAGES = 8
 PROGRESS_SECONDS = 2.0
-EVAL_BATCH = 500
-# Images per chunk of a step: the fastest of 8 to 32 on 2 cores (docs/performance.md).
-CHUNK_IMAGES = 16
 
 # report(message, transient): transient messages are progress lines a terminal may overwrite.
 Report = Callable[[str, bool], None]
@@ -57,155 +52,6 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
             warmup_steps=warmup,
         )
     return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
-
-
-def use_one_thread_per_op() -> None:
-    """Run each TensorFlow op on one thread, for processes that train or evaluate with
-    `Steps`: its chunks then keep every core busy, one chunk each, which measured faster
-    than oneDNN splitting every op over the cores (docs/performance.md).
-    In a process where TensorFlow already runs (a test, a program that set it up itself)
-    its threads cannot change any more, and stay as they are."""
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(_cores())
-    except RuntimeError:
-        pass
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-@dataclass
-class Steps:
-    """The compiled train and evaluation steps of one model (`optimizer` may be None when
-    only `evaluate` is used). `recipe` brings label smoothing and the batch augmentations.
-
-    A batch goes through the model's preprocessing whole (one random crop per batch, as in
-    the example), then through the rest of the model in chunks of `CHUNK_IMAGES`, as many
-    at once as there are cores; the train step sums the chunks' gradients. The maths is
-    the whole batch's, summed in another order: nothing in the model mixes images, and
-    the dropout seeds pass from chunk to chunk as they would from call to call, so every
-    chunk draws its own masks."""
-
-    model: object
-    optimizer: object | None
-    num_classes: int
-    recipe: TrainConfig = field(default_factory=TrainConfig)
-    train_step: Callable = field(init=False)
-    eval_step: Callable = field(init=False)
-
-    def __post_init__(self):
-        import keras
-        import tensorflow as tf
-
-        model, optimizer = self.model, self.optimizer
-        if optimizer is not None:
-            # Slots made inside the first trace make tf.function trace the whole step a
-            # second time, seconds more before the first step (docs/performance.md).
-            optimizer.build(model.trainable_variables)
-        preprocessing = model.get_layer("preprocessing")
-        body = keras.Model(model.get_layer("patch_embedding").input, model.output)
-        weights, seed_states = body.trainable_variables, body.non_trainable_variables
-        unexpected = [state.path for state in seed_states if not state.path.endswith("seed_generator_state")]
-        if unexpected:
-            # Chunks run statelessly: any other state would not be updated.
-            raise ValueError(f"the model has non-trainable state other than dropout seeds: {unexpected}")
-        augment = BatchAugmentation(self.recipe) if BatchAugmentation.wanted(self.recipe) else None
-        loss_function = keras.losses.CategoricalCrossentropy(label_smoothing=self.recipe.label_smoothing,
-                                                             reduction=None)
-        images_spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8)
-        labels_spec = tf.TensorSpec((None,), tf.int32)
-        concurrent_chunks = _cores()
-
-        def outcomes(labels, probabilities, targets):
-            losses = loss_function(targets, probabilities)
-            # Accuracy counts against the unmixed labels.
-            top1 = tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), labels)
-            top5 = tf.math.in_top_k(labels, probabilities, k=min(5, self.num_classes))
-            return losses, tf.reduce_sum(tf.cast(top1, tf.int32)), tf.reduce_sum(tf.cast(top5, tf.int32))
-
-        def over_chunks(images, chunk_function, carried):
-            """Fold `chunk_function(index, chunk, carried) -> carried` over the chunks of
-            `images`; returns what is carried at the end."""
-            chunks = (tf.shape(images)[0] + CHUNK_IMAGES - 1) // CHUNK_IMAGES
-
-            def step(index, carried):
-                chunk = slice(index * CHUNK_IMAGES, (index + 1) * CHUNK_IMAGES)
-                return index + 1, chunk_function(index, chunk, carried)
-
-            _, carried = tf.while_loop(lambda index, _: index < chunks, step, (tf.constant(0), carried),
-                                       parallel_iterations=concurrent_chunks)
-            return carried
-
-        def added(totals, parts):
-            return [total + part for total, part in zip(totals, parts, strict=True)]
-
-        def zero_counts():  # summed loss, top-1 and top-5 counts
-            return [tf.constant(0.0), tf.constant(0), tf.constant(0)]
-
-        # One signature with an open batch size: the last, smaller batch does not retrace.
-        @tf.function(input_signature=[images_spec, labels_spec])
-        def train_step(images, labels):
-            images, targets = tf.cast(images, tf.float32), tf.one_hot(labels, self.num_classes)
-            if augment is not None:
-                images, targets = augment(images, targets)
-            images = preprocessing(images, training=True)
-            batch = tf.cast(tf.shape(labels)[0], tf.float32)
-            values = [tf.convert_to_tensor(weight.value) for weight in weights]
-
-            def chunk_step(index, chunk, carried):
-                seeds, totals = carried
-                with tf.GradientTape() as tape:
-                    tape.watch(values)
-                    probabilities, seeds = body.stateless_call(values, seeds, images[chunk], training=True)
-                    losses, top1, top5 = outcomes(labels[chunk], probabilities, targets[chunk])
-                    loss = tf.reduce_sum(losses) / batch  # this chunk's share of the batch mean
-                gradients = tape.gradient(loss, values, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                return seeds, added(totals, [*gradients, tf.reduce_sum(losses), top1, top5])
-
-            seeds = [tf.convert_to_tensor(state.value) for state in seed_states]
-            seeds, totals = over_chunks(images, chunk_step,
-                                        (seeds, [tf.zeros_like(value) for value in values] + zero_counts()))
-            for state, seed in zip(seed_states, seeds, strict=True):
-                state.assign(seed)
-            optimizer.apply_gradients(zip(totals[: len(values)], weights, strict=True))
-            return tuple(totals[len(values) :])
-
-        @tf.function(input_signature=[images_spec, labels_spec])
-        def eval_step(images, labels):
-            images = preprocessing(tf.cast(images, tf.float32), training=False)
-            targets = tf.one_hot(labels, self.num_classes)
-            values = [tf.convert_to_tensor(weight.value) for weight in weights]
-            seeds = [tf.convert_to_tensor(state.value) for state in seed_states]  # no dropout: left as they are
-
-            def chunk_step(index, chunk, carried):
-                predicted, totals = carried
-                probabilities, _ = body.stateless_call(values, seeds, images[chunk], training=False)
-                losses, top1, top5 = outcomes(labels[chunk], probabilities, targets[chunk])
-                predicted = predicted.write(index, tf.argmax(probabilities, axis=-1, output_type=tf.int32))
-                return predicted, added(totals, [tf.reduce_sum(losses), top1, top5])
-
-            predicted = tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False,
-                                       element_shape=tf.TensorShape([None]))
-            predicted, totals = over_chunks(images, chunk_step, (predicted, zero_counts()))
-            return (*totals, predicted.concat())
-
-        self.train_step, self.eval_step = train_step, eval_step
-
-    def evaluate(self, images: np.ndarray, labels: np.ndarray) -> dict:
-        """Loss, top-1 and top-5 accuracy and the confusion matrix (rows: true class)."""
-        totals = np.zeros(3)
-        confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
-        for start in range(0, len(images), EVAL_BATCH):
-            batch_labels = labels[start : start + EVAL_BATCH]
-            loss, top1, top5, predicted = self.eval_step(images[start : start + EVAL_BATCH], batch_labels)
-            totals += (float(loss), int(top1), int(top5))
-            np.add.at(confusion, (batch_labels, predicted.numpy()), 1)
-        loss, top1, top5 = (float(value) for value in totals / len(images))
-        return {"loss": loss, "top1": top1, "top5": top5, "confusion": confusion.tolist()}
 
 
 class StopFlag:
@@ -281,7 +127,10 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, r
     return summary
 
 
-def _train(model_config, train_config, parts, test, run, stop, report, started) -> dict:
+def _train(model_config: ModelConfig, train_config: TrainConfig, parts: Split, test: tuple[np.ndarray, np.ndarray],
+           run: RunDirectory, stop: StopFlag, report: Report, started: float) -> dict:
+    """The loop of `train`: epochs of steps, a validation pass and the maps after each, the
+    best weights kept and saved, the test pass with them; returns the summary."""
     import keras
 
     from tokenlearner.model import build_model, predict_with_maps
