@@ -84,9 +84,9 @@ if images is not None:
     from tokenlearner.model import predict_with_maps
 
     probabilities, maps = predict_with_maps(model, images)
-    show_gates = any(name.startswith("token_fuser") for name in maps) and st.checkbox(
-        "show TokenFuser gate maps too", key="attention_gates")
-    shown = {name: value for name, value in maps.items() if show_gates or not name.startswith("token_fuser")}
+    gates = config.layer_names("token_fuser")
+    show_gates = bool(gates) and st.checkbox("show TokenFuser gate maps too", key="attention_gates")
+    shown = {name: value for name, value in maps.items() if show_gates or name not in gates}
     sheets = []
     for index, caption in enumerate(captions):
         st.subheader(caption)
@@ -97,7 +97,7 @@ if images is not None:
         for name, row in zip(shown, rows, strict=True):
             pictures.image(row, caption=f"{name}: the image, then each token's map", width="stretch")
         if shown:
-            first = next(iter(maps.values()))
+            first = maps[config.layer_names("token_learner")[0]]
             pictures.image(dominant_token_image(images[index], first[index], config.covered_region()),
                            caption="each patch coloured by the token that weights it most", width=200)
             sheets += rows
@@ -127,7 +127,7 @@ if len(epochs) > 1 and config.tokenlearner != "none":  # without TokenLearner th
             _, epoch_maps = choice.directory.maps(shown_epoch)
             if not epoch_maps:
                 return
-            first = next(iter(epoch_maps.values()))
+            first = epoch_maps[config.layer_names("token_learner")[0]]
             rows = [overlay_grid(originals[position], first[position], config.covered_region(), opacity=opacity,
                                  colormap=colormap) for position in range(min(4, len(originals)))]
             frame.image(stack_rows(rows), caption=f"fixed validation images {shown_indices}, after epoch {shown_epoch}",

@@ -33,7 +33,7 @@ if shown is not None:
     caption = (f"What the {shown.config.num_tokens} tokens of {shown.name} "
                f"({100 * shown.summary['test_top1']:.1f}% test top-1) pool: ")
     if images is not None:
-        learned = next(iter(maps.values()))
+        learned = maps[shown.config.layer_names("token_learner")[0]]
         st.image(overlay_grid(images[0], learned[0], shown.config.covered_region(), scale=4), width="stretch")
         st.caption(caption + "a validation image, then each token's map over it (bright: pooled into that "
                    "token). The Attention page does this for any image.")

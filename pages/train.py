@@ -71,9 +71,9 @@ def live_job():
         _, maps = run.maps(map_epochs[-1])
         originals = run_fixed_images(run, data_dir)
         if maps and originals is not None:
-            first = next(iter(maps.values()))
-            st.caption(f"token maps of fixed validation images after epoch {map_epochs[-1]}")
             config = run.model_config()
+            first = maps[config.layer_names("token_learner")[0]]
+            st.caption(f"token maps of fixed validation images after epoch {map_epochs[-1]}")
             for position in range(min(3, len(first))):
                 st.image(overlay_grid(originals[position], first[position], config.covered_region(), scale=4),
                          width="stretch")

@@ -144,3 +144,12 @@ def test_config_flags_give_back_the_configs(model):
     train = TrainConfig(epochs=3, label_smoothing=0.1, schedule="cosine", seed=5)
     args = build_parser().parse_args(["train", "--out", "unused", *config_flags(model, train)])
     assert (model_config(args), train_config(args)) == (model, train)
+
+
+def test_layer_names_follow_the_stages_in_depth_order():
+    assert ModelConfig().layer_names("token_learner") == ["token_learner"]
+    fused = ModelConfig(fuser=True, placement=2)
+    assert fused.layer_names("token_learner") == ["token_learner_2", "token_learner_3"]
+    assert fused.layer_names("token_fuser") == ["token_fuser_2", "token_fuser_3"]
+    assert fused.layer_names("block") == [f"block_{index}" for index in range(4)]
+    assert ModelConfig(tokenlearner="none").layer_names("token_learner") == []

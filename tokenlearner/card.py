@@ -259,7 +259,7 @@ def ship(run_dir: str | os.PathLike, destination: str | os.PathLike, load_data: 
             probabilities, all_maps = predict_with_maps(model, data.test_images)
             predicted = probabilities.argmax(axis=-1)
             indices = picture_indices(data.test_labels, predicted)
-            first = next(iter(all_maps.values()))
+            first = all_maps[config.layer_names("token_learner")[0]]
             captions = [f"test #{i}: {data.class_names[data.test_labels[i]]} "
                         f"({100 * probabilities[i, predicted[i]]:.0f}%)" for i in indices]
             draw_maps(first[indices], captions).save(staging / PICTURE)

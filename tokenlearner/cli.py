@@ -285,7 +285,7 @@ def run_predict(args: argparse.Namespace) -> None:
     for entry in top5:
         print(f"{entry['class']:<12} {100 * entry['probability']:5.1f}%")
     if args.overlay:
-        print(f"wrote {args.overlay}: the image, then each of its {len(next(iter(maps.values()))[0])} token maps"
+        print(f"wrote {args.overlay}: the image, then each of its {config.num_tokens} token maps"
               + (f", one row per TokenLearner/TokenFuser layer ({', '.join(maps)})" if len(maps) > 1 else ""))
 
 

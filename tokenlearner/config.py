@@ -151,6 +151,13 @@ class ModelConfig:
             stages.append(Stage("token_learner", "token_learner", self.num_patches))
         return tuple(stages)
 
+    def layer_names(self, kind: str) -> list[str]:
+        """The names of the layers of one kind ("block", "token_learner", "token_fuser") in
+        depth order: `predict_with_maps` hands back each TokenLearner's and TokenFuser's maps
+        under these names, so `maps[config.layer_names("token_learner")[0]]` are the first
+        TokenLearner's."""
+        return [stage.name for stage in self.stages() if stage.kind == kind]
+
     def tokens_per_block(self) -> list[int]:
         """How many tokens each block attends over."""
         return [stage.tokens for stage in self.stages() if stage.kind == "block"]
