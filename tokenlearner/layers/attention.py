@@ -44,7 +44,7 @@ class MultiHeadSelfAttention(layers.Layer):
 
         # The fused kernel is split, not its (B, T, 3 * heads * key_dim) output: three matmuls
         # on the kernel's thirds cost less than copying the output's thirds apart and
-        # concatenating their gradients (docs/performance.md, session 10).
+        # concatenating their gradients (docs/performance.md, "The attention from the fused kernel's thirds").
         query, key, value = (
             split_heads(ops.add(ops.matmul(x, kernel), bias))
             for kernel, bias in zip(ops.split(self.qkv.kernel, 3, axis=-1), ops.split(self.qkv.bias, 3, axis=-1))
