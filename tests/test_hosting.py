@@ -8,11 +8,11 @@ import re
 import shlex
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from conftest import REPO, tokenlearner_command
+
+from tokenlearner.app_server import wait_for_health
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 
@@ -63,15 +63,7 @@ def test_the_dockerfiles_server_command_serves_the_app(tmp_path):
     server = subprocess.Popen([sys.executable, *command[1:]], cwd=REPO, env=environment, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None and time.time() < deadline, "the server did not come up"
-            time.sleep(0.5)
+        assert wait_for_health(f"http://127.0.0.1:{port}", server, timeout=120), "the server did not come up"
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -18,6 +18,20 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 STREAMLIT_RUN = (sys.executable, "-m", "streamlit", "run", "app.py")
 
 
+def wait_for_health(url: str, process: subprocess.Popen, timeout: float) -> bool:
+    """Whether the server at `url` answers /_stcore/health with "ok" within `timeout`
+    seconds (False as soon as `process` ends)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 @contextlib.contextmanager
 def app_server(env: dict[str, str], timeout: float = 60,
                launcher: tuple[str, ...] = STREAMLIT_RUN) -> Iterator[tuple[str, subprocess.Popen]]:
@@ -35,19 +49,11 @@ def app_server(env: dict[str, str], timeout: float = 60,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + timeout
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or process.poll() is not None:
-                process.kill()
-                log.seek(0)
-                output = log.read().decode(errors="replace")[-2000:]
-                raise RuntimeError(f"streamlit did not come up at {url}: {output}")
-            time.sleep(0.2)
+        if not wait_for_health(url, process, timeout):
+            process.kill()
+            log.seek(0)
+            output = log.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"streamlit did not come up at {url}: {output}")
         yield url, process
     finally:
         process.terminate()

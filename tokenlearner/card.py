@@ -215,7 +215,7 @@ def check_shippable(run_dir: str | os.PathLike, destination: str | os.PathLike) 
     """The run `run_dir`, if it is a finished run and `destination` is free; a RunError
     otherwise. Reads only small files, so a command can refuse before TensorFlow loads."""
     source = RunDirectory(run_dir)
-    source.record()  # a RunError unless this is a run directory
+    source.require_existing()
     if source.status().get("state") != "finished":
         raise RunError(f"{source.path} has not finished (status: {source.status().get('state')}): ship a finished run")
     if (source.summary() or {}).get("test_top1") is None or "train" not in source.record():

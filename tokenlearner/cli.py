@@ -179,7 +179,7 @@ def run_train(args: argparse.Namespace) -> None:
 
 def _open_run(path: str, one_thread_per_op: bool = False):
     run = RunDirectory(path)
-    run.record()  # refuses what is not a run directory before TensorFlow loads
+    run.require_existing()  # before TensorFlow loads
     import_keras_quietly(one_thread_per_op)
     return run.load_model()
 

@@ -11,16 +11,16 @@ numpy's array reconstruction and plain containers; anything else is refused.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+
+from tokenlearner.files import exclusive, is_held
 
 DATA_ENV = "TOKENLEARNER_DATA_DIR"
 FOLDER = "cifar-10-batches-py"
@@ -191,34 +191,9 @@ def download_log() -> Path:
     return datasets_dir() / "cifar-10-download.log"
 
 
-@contextlib.contextmanager
-def _download_lock(datasets: Path) -> Iterator[None]:
-    import fcntl
-
-    lock = datasets / DOWNLOAD_LOCK
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def download_running() -> bool:
     """Whether a download holds the machine's download lock now."""
-    import fcntl
-
-    lock = datasets_dir() / DOWNLOAD_LOCK
-    if not lock.exists():
-        return False
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+    return is_held(datasets_dir() / DOWNLOAD_LOCK)
 
 
 def find_data_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -251,7 +226,7 @@ def download(keras_home: str | os.PathLike | None = None) -> Path:
     import keras
 
     datasets = datasets_dir(keras_home)
-    with _download_lock(datasets):
+    with exclusive(datasets / DOWNLOAD_LOCK):
         for folder in (datasets / DOWNLOAD_NAME / FOLDER, datasets / FOLDER):
             if (folder / TEST_BATCH).is_file():
                 return folder

@@ -67,6 +67,37 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def exclusive(lock: str | os.PathLike) -> Iterator[None]:
+    """Held by one thread of one process on the machine at a time: an `flock` on the file
+    `lock` (made if missing), which separate opens of the file contend for, even in one
+    process, and which the kernel lets go when its holder dies."""
+    import fcntl
+
+    Path(lock).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def is_held(lock: str | os.PathLike) -> bool:
+    """Whether someone holds `exclusive(lock)` now."""
+    import fcntl
+
+    if not Path(lock).exists():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")

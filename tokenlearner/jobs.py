@@ -11,7 +11,6 @@ not only by the page's widgets.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from tokenlearner import processes
 from tokenlearner.config import ModelConfig, TrainConfig
-from tokenlearner.files import read_json, remove_stale_temporaries, write_json
+from tokenlearner.files import exclusive, read_json, remove_stale_temporaries, write_json
 from tokenlearner.flags import config_flags
 from tokenlearner.limits import Limits
 from tokenlearner.runs import RunDirectory
@@ -113,17 +112,6 @@ def last_job(root: str | os.PathLike) -> RunDirectory | None:
     return RunDirectory(Path(root) / lock["run"]) if lock else None
 
 
-@contextlib.contextmanager
-def _exclusive(path: Path):
-    """Held by one thread of one process at a time (separate opens of a file conflict under flock)."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def start_job(model_config: ModelConfig, recipe: TrainConfig, root: str | os.PathLike, name: str,
               data_dir: str | os.PathLike, limits: Limits | None = None) -> StartedJob:
     """Start `python -m tokenlearner train` for the configs in `root/name`; `JobError` if a
@@ -144,7 +132,7 @@ def start_job(model_config: ModelConfig, recipe: TrainConfig, root: str | os.Pat
             raise JobError("this instance trains only on the CIFAR-10 folder its operator set up")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root / MUTEX):
+    with exclusive(root / MUTEX):
         running = active_job(root)
         if running is not None:
             raise JobError(f"a training job is already running ({running.path.name}): stop it or wait for it to finish")

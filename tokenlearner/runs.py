@@ -129,6 +129,12 @@ class RunDirectory:
 
     # Reading ---------------------------------------------------------------------------
 
+    def require_existing(self) -> "RunDirectory":
+        """This directory, if it is a run directory (a readable config.json with a model);
+        a RunError saying what is wrong otherwise."""
+        self.record()
+        return self
+
     def record(self) -> dict[str, Any]:
         """config.json, which makes a folder a run directory."""
         if not self.path.is_dir():

@@ -20,7 +20,6 @@ results, slower. `describe()` says which, and why.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -33,7 +32,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenlearner.files import atomic_path
+from tokenlearner.files import atomic_path, exclusive
 
 SWITCH = "TOKENLEARNER_NATIVE_KERNELS"
 SOURCE = Path(__file__).with_name("kernels.cc")
@@ -103,7 +102,7 @@ def build(directory: Path | None = None, compiler: str | None = None, compile: b
         raise BuildError(f"{target.name} is not in {target.parent}: build them first (python -m tokenlearner "
                          "build-kernels)")
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with _locked(target.parent / "build.lock"):
+    with exclusive(target.parent / "build.lock"):
         if target.exists():
             return _trusted(target)
         with atomic_path(target) as temporary:
@@ -132,18 +131,6 @@ def _compile(compiler: str, output: Path) -> None:
         lines = (result.stderr or result.stdout).splitlines()
         first_error = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "").strip()
         raise BuildError(f"{compiler} failed (exit {result.returncode})" + (f": {first_error}" if first_error else ""))
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    import fcntl
-
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 _LOADING = threading.Lock()
