@@ -27,3 +27,36 @@ def test_the_readmes_library_block_hands_back_what_its_comments_say():
     result = subprocess.run([sys.executable, "-c", block + check], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
     assert result.stdout.strip().splitlines()[-1] == "(2, 10) {'token_learner': (2, 8, 8, 8)}"
+
+
+COMMAND = re.compile(r"python -m tokenlearner ([^`|#\n\\]*)")
+# What the docs write in place of a value, and a value of that kind.
+PLACEHOLDERS = {"NAME": "keras-io-4-tokens", "RUN_A": "checkpoints/v1-4-tokens", "RUN_B": "checkpoints/v11-8-tokens",
+                "D": "data", "DIR": "out", "W.weights.h5": "w.weights.h5", "P.npz": "p.npz"}
+SHOWN = sorted({match.strip() for page in PAGES
+                for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S)
+                for match in COMMAND.findall(block.replace("\\\n", " "))})
+
+
+@pytest.mark.parametrize("command", SHOWN)
+def test_every_command_the_docs_show_is_one_the_command_line_takes(command):
+    """Each command a `bash` block shows, its optional parts ([...]) included and placeholders filled,
+    parses with the real parser: a renamed command or flag fails here. Running them is
+    each command's own test's job (train, evaluate, predict, experiment, ship, bench,
+    flops, import-keras-io, provision, serve, rehearse, bench-app, build-kernels; the cards'
+    commands: tests/test_checkpoints.py)."""
+    from tokenlearner.cli import build_parser
+
+    words = [PLACEHOLDERS.get(word, word) for word in re.sub(r"[\[\]]", " ", command).split()
+             if word not in ("model", "training", "flags", "streamlit")]
+    if words and words[0] == "serve":  # its other flags are Streamlit's
+        words = words[:1]
+    build_parser().parse_args(words)
+
+
+def test_build_kernels_reports_what_the_model_runs():
+    from conftest import tokenlearner_command
+
+    result = tokenlearner_command("build-kernels", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("built ") and "the model runs " in result.stdout
