@@ -155,3 +155,19 @@ def test_serve_passes_streamlits_flags_through(monkeypatch):
     assert received == [["--server.port", "9999", "--server.headless", "true"]]
     with pytest.raises(SystemExit):
         cli.main(["flops", "--server.port", "1"])
+
+
+def test_a_demo_server_hides_error_details_from_its_first_request(monkeypatch):
+    import streamlit.web.cli
+
+    from tokenlearner import hosting
+
+    started = []
+    monkeypatch.setattr(hosting, "warm_up", lambda: None)
+    monkeypatch.setattr(streamlit.web.cli, "main", lambda args, prog_name: started.append(args))
+    monkeypatch.setenv("TOKENLEARNER_DEMO", "1")
+    hosting.serve(["--server.port", "9999"])
+    assert started[0][2:] == ["--client.showErrorDetails", "none", "--server.port", "9999"]
+    monkeypatch.setenv("TOKENLEARNER_DEMO", "0")
+    hosting.serve([])
+    assert started[1][2:] == []

@@ -105,6 +105,9 @@ def serve(streamlit_args: list[str]) -> None:
 
     if Limits.current().demo:
         _warm_up_quietly()
+        # app.py hides error details too, but a link opened first on a fresh server runs its
+        # page without app.py (Streamlit's older pages/ navigation): hide them from the start.
+        streamlit_args = ["--client.showErrorDetails", "none", *streamlit_args]
     streamlit_cli.main(["run", str(REPOSITORY / "app.py"), *streamlit_args], prog_name="streamlit")
 
 
