@@ -345,8 +345,8 @@ def run_provision(args: argparse.Namespace) -> None:
     import_keras_quietly()
     from tokenlearner.hosting import provision
 
-    found = provision(args.data_dir, fetch=args.download)
-    print(f"ready: point TOKENLEARNER_DATA_DIR at {found['data']} (where it is not found by itself), "
+    folder = provision(args.data_dir, fetch=args.download)
+    print(f"ready: point TOKENLEARNER_DATA_DIR at {folder} (where it is not found by itself), "
           "set TOKENLEARNER_DEMO=1 and start python -m tokenlearner serve")
 
 

@@ -22,31 +22,28 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def provision(data_dir: str | os.PathLike | None = None, fetch: bool = False,
-              report=print) -> dict[str, str]:
+              report=print) -> Path:
     """Everything a public instance needs before its first visitor: the native kernels
     compiled (a demo never compiles inside a request), CIFAR-10 in place and readable
     (downloaded into the Keras cache with `fetch`, else `data_dir` or where
-    `find_data_dir` looks), and the shipped checkpoints loading. Returns what it found,
-    for the host's logs; a `DataError` or `BuildError` says what is missing."""
+    `find_data_dir` looks), and the shipped checkpoints loading. Reports each to
+    `report` and returns the CIFAR-10 folder; a `DataError` or `BuildError` says what is
+    missing."""
     from tokenlearner import native
     from tokenlearner.runs import find_checkpoints
 
-    found = {}
     native.build()
-    found["kernels"] = native.describe()
-    report(f"the model runs {found['kernels']}")
-    folder = download() if fetch else find_data_dir(data_dir)
+    report(f"the model runs {native.describe()}")
+    folder = (download() if fetch else find_data_dir(data_dir)).resolve()
     data = load_cifar10(folder, train_images=False)
-    found["data"] = str(folder)
     report(f"CIFAR-10: {len(data.train_labels):,} training and {len(data.test_labels):,} test images in {folder}")
     checkpoints, problems = find_checkpoints()
     if problems:
         raise DataError("shipped checkpoints that cannot be read: " + "; ".join(problems))
     for info in checkpoints:
         info.directory.load_model()
-    found["checkpoints"] = str(len(checkpoints))
     report(f"{len(checkpoints)} shipped checkpoints load")
-    return found
+    return folder
 
 
 _PROVISIONING = threading.Lock()
