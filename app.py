@@ -4,6 +4,7 @@ import streamlit as st
 
 from tokenlearner.hosting import provision_in_background
 from tokenlearner.limits import Limits
+from tokenlearner.ui import run_page
 
 st.set_page_config(page_title="TokenLearner Explorer", page_icon=":material/grid_view:", layout="wide")
 try:
@@ -24,4 +25,4 @@ page = st.navigation(
         st.Page("pages/flops.py", title="FLOPs", icon=":material/calculate:"),
     ]
 )
-page.run()
+run_page(page)

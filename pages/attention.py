@@ -4,12 +4,14 @@ import time
 import streamlit as st
 
 from tokenlearner.charts import top5_figure
-from tokenlearner.gallery import pick_images, showcase
+from tokenlearner.gallery import PICKS, pick_images, showcase
 from tokenlearner.images import ImageError, read_image, to_model_input
 from tokenlearner.overlay import COLORMAPS, dominant_token_image, enlarge, overlay_grid, stack_rows
 from tokenlearner.runs import RunError, find_runs
-from tokenlearner.ui import as_text, data_directory, load_run_model, load_test_set, run_fixed_images, test_predictions
+from tokenlearner.ui import (as_text, data_directory, find_cifar10, linked_run, load_run_model, load_test_set,
+                             main_picture, page_setup, run_fixed_images, test_predictions)
 
+page_setup()
 st.title("Attention")
 runs, problems = find_runs()
 runs = [run for run in runs if run.has_model]
@@ -19,104 +21,134 @@ if not runs:
     st.info("No trained model yet: train one on the Train page (or with `python -m tokenlearner train`).")
     st.stop()
 
-# A link may name the model (?run=checkpoints/v1-8-tokens): only a run in the list is taken.
-linked = next((run for run in runs if run.name == st.query_params.get("run")), None)
-if "run" in st.query_params and linked is None:
-    st.warning(f"The link names no model here ({as_text(st.query_params['run'][:100])}); showing the best one.")
-default = linked or showcase(runs)  # else the most accurate model with token maps, as on the home page
-choice = st.selectbox("model", runs, index=runs.index(default) if default else 0,
-                      format_func=lambda run: f"{run.name} ({run.state})", key="attention_run")
+# Links name the models (?run=checkpoints/v1-8-tokens&compare=checkpoints/v11-8-tokens): only listed runs are taken.
+# else the most accurate model with maps, as on Home
+default = linked_run(runs, "run", "showing the best one") or showcase(runs)
+sidebar = st.sidebar
+choice = sidebar.selectbox("model", runs, index=runs.index(default) if default else 0,
+                           format_func=lambda run: f"{run.name} ({run.state})", key="attention_run")
+others = [None] + [run for run in runs if run is not choice]
+linked_other = linked_run(others[1:], "compare", "showing one model")
+other = sidebar.selectbox("side by side with", others, index=others.index(linked_other) if linked_other else 0,
+                          format_func=lambda run: "no other model" if run is None else f"{run.name} ({run.state})",
+                          key="attention_compare")
 st.query_params["run"] = choice.name
-config = choice.config
-if config.tokenlearner == "none":
-    st.info("This model has no TokenLearner, so it has no token maps; its predictions are shown below.")
-model_path = str(choice.directory.model_file)
-try:
-    model = load_run_model(model_path, choice.directory.model_file.stat().st_mtime)
-except RunError as error:
-    st.error(f"{error}. Choose another model, or train this one again.")
-    st.stop()
+if other is None:
+    st.query_params.pop("compare", None)
+else:
+    st.query_params["compare"] = other.name
+shown_runs = [choice] if other is None else [choice, other]
+models = []
+for run in shown_runs:
+    try:
+        models.append(load_run_model(str(run.directory.model_file), run.directory.model_file.stat().st_mtime))
+    except RunError as error:
+        st.error(f"{error}. Choose another model, or train this one again.")
+        st.stop()
 
-left, right = st.columns(2)
-opacity = left.slider("map opacity", 0.0, 1.0, 0.55, key="attention_opacity")
-colormap = right.selectbox("colour map", list(COLORMAPS), key="attention_colormap")
-
-source = st.radio("images", ["CIFAR-10 test images", "my own image"], horizontal=True, key="attention_source")
-images, captions = None, []
+directory, _ = find_cifar10()
+source = sidebar.radio("images", ["CIFAR-10 test images", "my own image"], index=0 if directory else 1,
+                       key="attention_source")
+if directory is None:
+    with sidebar:
+        data_directory("attention")  # why not, a folder field and the download
+images, captions, labels = None, [], None
 class_names = choice.directory.class_names()
 if source == "my own image":
-    upload = st.file_uploader("a PNG or JPEG (centre-cropped and resized to 32x32)", type=["png", "jpg", "jpeg"],
-                              key="attention_upload")
+    upload_column, preview_column = st.columns([4, 1])
+    upload = upload_column.file_uploader("a PNG or JPEG (centre-cropped and resized to 32x32)",
+                                         type=["png", "jpg", "jpeg"], key="attention_upload")
     if upload is not None:
         try:
             original = read_image(upload.getvalue())
         except ImageError as error:
             st.error(str(error))
         else:
-            images = to_model_input(original)[None]
-            before, after = st.columns(2)
-            before.image(original, caption="your image", width=240)
-            after.image(images[0], caption="what the model sees, 32x32", width=240)
-            captions = [as_text(upload.name)]
+            preview_column.image(original, caption="your image", width=110)
+            images, captions = to_model_input(original)[None], [as_text(upload.name)]
+elif directory is None:
+    st.info("No CIFAR-10 test images here (the sidebar says why); your own image works.")
 else:
-    directory = data_directory("attention")
-    if directory is not None:
-        test_images, test_labels, names = load_test_set(directory)
-        how = st.radio("pick", ["by class", "at random", "misclassified"], horizontal=True, key="attention_pick")
-        columns = st.columns(3)
-        count = columns[0].slider("how many", 1, 8, 4, key="attention_count")
-        seed = columns[1].number_input("draw", 0, 10_000, 0, key="attention_seed")
-        class_index = 0
-        if how == "by class":
-            class_index = columns[2].selectbox("class", range(len(names)), format_func=lambda i: names[i],
-                                               key="attention_class")
-        predicted = test_predictions(model_path, choice.directory.model_file.stat().st_mtime, directory) \
-            if how == "misclassified" else None
-        labels = test_labels if predicted is None else test_labels[: len(predicted)]  # a demo classifies fewer
-        picked = pick_images(labels, how, count, seed, class_index, predicted)
-        if len(picked) == 0:
-            st.info("No test image matches.")
-        else:
-            images = test_images[picked]
-            captions = [f"test image {i}: {names[test_labels[i]]}" for i in picked]
+    test_images, test_labels, names = load_test_set(directory)
+    how = sidebar.radio("pick", PICKS, horizontal=True, key="attention_pick")
+    count = sidebar.slider("how many", 1, 8, 4, key="attention_count")
+    class_index = 0
+    if how == "by class":
+        class_index = sidebar.selectbox("class", range(len(names)), format_func=lambda i: names[i],
+                                        key="attention_class")
+    seed = sidebar.number_input("draw", 0, 10_000, 0, key="attention_seed")
+    predicted = test_predictions(str(choice.directory.model_file), choice.directory.model_file.stat().st_mtime,
+                                 directory) if how == "misclassified" else None
+    pickable = test_labels if predicted is None else test_labels[: len(predicted)]  # a demo classifies fewer
+    picked = pick_images(pickable, how, count, seed, class_index, predicted)
+    if len(picked) == 0:
+        st.info("No test image matches.")
+    else:
+        images, labels = test_images[picked], test_labels[picked]
+        captions = [f"test image {i}: {names[test_labels[i]]}" for i in picked]
+
+sidebar.divider()
+opacity = sidebar.slider("map opacity", 0.0, 1.0, 0.55, key="attention_opacity")
+colormap = sidebar.selectbox("colour map", list(COLORMAPS), key="attention_colormap")
+learners = [run.config.layer_names("token_learner") for run in shown_runs]
+most_tokens = max((run.config.num_tokens for run, names in zip(shown_runs, learners) if names), default=0)
+highlight = sidebar.selectbox("highlight one token in the dominant-token view", [None, *range(most_tokens)],
+                              format_func=lambda token: "every token" if token is None else f"token {token + 1}",
+                              key="attention_token") if most_tokens else None
+fusers = any(run.config.layer_names("token_fuser") for run in shown_runs)
+show_gates = fusers and sidebar.checkbox("show TokenFuser gate maps too", key="attention_gates")
+if all(run.config.tokenlearner == "none" for run in shown_runs):
+    st.info("This model has no TokenLearner, so it has no token maps; its predictions are shown below.")
 
 if images is not None:
     from tokenlearner.model import predict_with_maps
 
-    probabilities, maps = predict_with_maps(model, images)
-    gates = config.layer_names("token_fuser")
-    show_gates = bool(gates) and st.checkbox("show TokenFuser gate maps too", key="attention_gates")
-    shown = {name: value for name, value in maps.items() if show_gates or name not in gates}
+    outputs = [predict_with_maps(model, images) for model in models]
     sheets = []
     for index, caption in enumerate(captions):
-        st.subheader(caption)
-        bars, pictures = st.columns([1, 3])
-        bars.plotly_chart(top5_figure(probabilities[index], class_names), key=f"attention_top5_{index}")
-        rows = [overlay_grid(images[index], layer[index], config.covered_region(), opacity=opacity,
-                             colormap=colormap) for layer in shown.values()]
-        for name, row in zip(shown, rows, strict=True):
-            pictures.image(row, caption=f"{name}: the image, then each token's map", width="stretch")
-        if shown:
-            first = maps[config.layer_names("token_learner")[0]]
-            pictures.image(dominant_token_image(images[index], first[index], config.covered_region()),
-                           caption="each patch coloured by the token that weights it most", width=200)
-            sheets += rows
-        else:
-            pictures.image(enlarge(images[index]), caption="the image the model was given", width=200)
+        with main_picture() if index == 0 else st.container():
+            st.markdown(f"**{caption}**")
+            for column, run, (probabilities, maps) in zip(st.columns(len(shown_runs)), shown_runs, outputs,
+                                                          strict=True):
+                config, top = run.config, int(probabilities[index].argmax())
+                verdict = "" if labels is None else (" ✓" if top == labels[index] else " ✗")
+                column.markdown(f"{as_text(run.name)}: **{class_names[top]}** "
+                                f"({100 * probabilities[index][top]:.0f}%){verdict}")
+                gates = config.layer_names("token_fuser")
+                rows = [overlay_grid(images[index], layer[index], config.covered_region(), opacity=opacity,
+                                     colormap=colormap) for name, layer in maps.items()
+                        if show_gates or name not in gates]
+                for row in rows:
+                    column.image(row, width="stretch")
+                bars, dominant = column.columns([3, 2] if other else [5, 2]) if rows else (column, None)
+                bars.plotly_chart(top5_figure(probabilities[index], class_names),
+                                  key=f"attention_top5_{run.name}_{index}")
+                if rows:
+                    first = maps[config.layer_names("token_learner")[0]][index]
+                    token = highlight if highlight is not None and highlight < len(first) else None
+                    dominant.image(dominant_token_image(images[index], first, config.covered_region(),
+                                                        highlight=token),
+                                   caption="patches by their strongest token", width="stretch")
+                    sheets += rows
+                else:
+                    column.image(enlarge(images[index]), caption="the image the model was given", width=160)
+    st.caption("Each row: the image as the model sees it (32x32), then each token's map over the region its "
+               "patches cover (bright: pooled into that token).")
     if sheets:
         buffer = io.BytesIO()
         stack_rows(sheets).save(buffer, format="PNG")
         st.download_button("Download the maps (PNG)", buffer.getvalue(), "token-maps.png", "image/png")
 
+config = choice.config
 epochs = choice.directory.map_epochs()
 if len(epochs) > 1 and config.tokenlearner != "none":  # without TokenLearner the epochs hold no maps
     st.subheader("How the maps formed during training")
     epoch = st.select_slider("after epoch", epochs, value=epochs[-1], key="attention_epoch")
     play = st.button("Play from epoch 0", key="attention_play")
-    if source == "my own image":  # the test-image branch above has looked for the data already
-        directory = data_directory("attention_epochs")
     originals = run_fixed_images(choice.directory, directory) if directory is not None else None
-    if directory is not None and originals is None:
+    if directory is None:
+        st.info("The maps are of a few CIFAR-10 training images: with CIFAR-10 here (see the sidebar) they show.")
+    elif originals is None:
         st.warning("This run's fixed images are not in the CIFAR-10 folder found now: it was trained on "
                    "another copy. Point the data folder at that copy to see how its maps formed.")
     if originals is not None:

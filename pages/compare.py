@@ -1,11 +1,13 @@
 import streamlit as st
 
-from tokenlearner.charts import accuracy_cost_figure, curves_overlay_figure
-from tokenlearner.compare import deletable, delete_run, epochs_csv, keras_io_table, pareto_front, runs_table, to_csv
+from tokenlearner.charts import accuracy_cost_figure, clicked_run, curves_overlay_figure
+from tokenlearner.compare import (deletable, delete_run, epochs_csv, for_display, keras_io_table, pareto_front,
+                                  runs_table, to_csv)
 from tokenlearner.limits import Limits
 from tokenlearner.runs import PUBLISHED_GRIDS_DIR, find_grid_runs, find_runs
+from tokenlearner.ui import as_text, main_picture, page_setup
 
-
+page_setup()
 st.title("Compare")
 runs, problems = find_runs()
 for problem in problems:
@@ -14,23 +16,54 @@ if not runs:
     st.info("No runs yet: train one on the Train page, or with `python -m tokenlearner train`.")
     st.stop()
 
+
+@st.dialog("Delete a run")
+def confirm_deletion(run) -> None:
+    st.markdown(f"Delete **{as_text(run.name)}** and all its files for good? This cannot be undone.")
+    if st.button("Delete for good", type="primary", key="compare_delete_confirmed"):
+        try:
+            delete_run(run)
+        except ValueError as error:
+            st.error(str(error))
+        else:
+            st.rerun()
+
+
 rows = runs_table(runs)
-threshold = st.slider("only runs with test top-1 of at least (%)", 0, 100, 0, key="compare_threshold")
+with st.sidebar:
+    threshold = st.slider("only runs with test top-1 of at least (%)", 0, 100, 0, key="compare_threshold")
+    log_x = st.checkbox("log-scale MACs", key="compare_log_x")
+    if Limits.current().allow_delete:
+        st.divider()
+        victim = st.selectbox("delete a run", deletable(runs), index=None, placeholder="choose a run",
+                              format_func=lambda run: run.name, key="compare_delete")
+        if st.button("Delete...", disabled=victim is None, key="compare_delete_button"):
+            confirm_deletion(victim)
 shown = [row for row in rows if threshold == 0 or (row["test_top1"] or 0) >= threshold]
-st.dataframe(shown, hide_index=True)
+
+with main_picture():
+    figure = accuracy_cost_figure(shown, pareto_front(shown), log_x)
+    event = st.plotly_chart(figure, key="compare_pareto", on_select="rerun", selection_mode="points")
+    st.caption("Test top-1 against the full count of MACs per image; stars and the dotted line: the Pareto front. "
+               "Click a run to open it on the Attention page.")
+clicked = clicked_run(figure, event.selection.points)
+if clicked is not None:
+    if next(run for run in runs if run.name == clicked).has_model:
+        st.switch_page("pages/attention.py", query_params={"run": clicked})
+    st.info(f"{as_text(clicked)} has no saved weights yet, so the Attention page cannot show it.")
+
+st.subheader("Every run")
+st.dataframe(for_display(shown), hide_index=True)
 left, right = st.columns(2)
 left.download_button("Download this table (CSV)", to_csv(shown), "runs.csv", "text/csv")
 right.download_button("Download every epoch of every run (CSV)", epochs_csv(runs), "epochs.csv", "text/csv")
 
-st.subheader("Accuracy against cost")
-log_x = st.checkbox("log-scale MACs", key="compare_log_x")
-st.plotly_chart(accuracy_cost_figure(shown, pareto_front(shown), log_x), key="compare_pareto")
-
 st.subheader("Training curves")
 names = [row["run"] for row in shown]
-chosen = st.multiselect("runs", names, default=names[:3], key="compare_runs")
-metric = st.radio("metric", ["top1", "top5", "loss"], horizontal=True, key="compare_metric")
-log_y = st.checkbox("log-scale axis", key="compare_log_y")
+options, metric_column, scale_column = st.columns([3, 2, 1])
+chosen = options.multiselect("runs", names, default=names[:3], key="compare_runs")
+metric = metric_column.radio("metric", ["top1", "top5", "loss"], horizontal=True, key="compare_metric")
+log_y = scale_column.checkbox("log-scale axis", key="compare_log_y")
 by_name = {run.name: run for run in runs}
 st.plotly_chart(curves_overlay_figure({name: by_name[name].directory.epochs() for name in chosen}, metric, log_y),
                 key="compare_curves")
@@ -41,16 +74,3 @@ st.caption("Published: full CIFAR-10, 20 epochs, the mean over the published run
            "on its tenth of CIFAR-10 (4,770 training and 817 test images). Ours: the runs listed above, on the "
            "CIFAR-10 folder each was trained on; runs of `python -m tokenlearner experiment keras_io_tables` "
            "under the runs folder count too.")
-
-if Limits.current().allow_delete:
-    with st.expander("Delete a run"):
-        victim = st.selectbox("run", deletable(runs), format_func=lambda run: run.name, key="compare_delete")
-        confirmed = st.checkbox("yes, delete it and its files for good", key="compare_delete_confirm")
-        if st.button("Delete", disabled=victim is None or not confirmed, key="compare_delete_button"):
-            try:
-                delete_run(victim)
-            except ValueError as error:
-                st.error(str(error))
-            else:
-                st.session_state.pop("compare_delete_confirm", None)
-                st.rerun()

@@ -1,50 +1,55 @@
 import streamlit as st
 
-from tokenlearner.data import DataError, find_data_dir
+from tokenlearner.compare import for_display
 from tokenlearner.flops import count
 from tokenlearner.gallery import showcase
 from tokenlearner.overlay import overlay_grid
 from tokenlearner.presets import PRESETS, PUBLISHED
 from tokenlearner.runs import find_runs
-from tokenlearner.ui import chosen_data_dir, run_fixed_images
+from tokenlearner.ui import drawing_maps, find_cifar10, main_picture, page_setup, run_fixed_images
+
+page_setup()
 
 st.title("TokenLearner Explorer")
 st.markdown(
-    """
-A Vision Transformer attends over every patch of the image, and attention's cost grows
-with the square of the number of patches. **TokenLearner** (Ryoo et al., NeurIPS 2021)
-learns a few spatial maps from the patches, and each map pools the whole image into one
-token: the blocks after it attend over, say, 4 learned tokens instead of 64 patches.
-
-This explorer rebuilds the mini ViT of the keras.io example "Learning to tokenize in
-Vision Transformers" (Gosthipaty & Paul) on CIFAR-10, and lets you change where
-TokenLearner sits, how many tokens it learns and how deep the network is.
-"""
+    "A Vision Transformer attends over every patch of an image, at a cost that grows with the square of "
+    "the number of patches. **TokenLearner** (Ryoo et al., NeurIPS 2021) learns a few spatial maps instead, "
+    "and each map pools the whole image into one token: the blocks after it attend over, say, 8 learned "
+    "tokens instead of 64 patches."
 )
 runs, problems = find_runs()
 shown = showcase(runs)
 if shown is not None:
-    epoch = shown.summary["best_epoch"]
-    _, maps = shown.directory.maps(epoch)
-    try:
-        images = run_fixed_images(shown.directory, str(find_data_dir(chosen_data_dir())))
-    except DataError:
-        images = None
-    caption = (f"What the {shown.config.num_tokens} tokens of {shown.name} "
-               f"({100 * shown.summary['test_top1']:.1f}% test top-1) pool: ")
-    if images is not None:
-        learned = maps[shown.config.layer_names("token_learner")[0]]
-        st.image(overlay_grid(images[0], learned[0], shown.config.covered_region(), scale=4), width="stretch")
-        st.caption(caption + "a validation image, then each token's map over it (bright: pooled into that "
-                   "token). The Attention page does this for any image.")
-    elif (shown.directory.path / "maps.png").is_file():
-        st.image(str(shown.directory.path / "maps.png"))
-        st.caption(caption + "each row is one test image, each tile one token's map over the 8x8 patches. "
-                   "With CIFAR-10 on this machine they are drawn over the images.")
+    with main_picture():
+        config, epoch = shown.config, shown.summary["best_epoch"]
+        first = config.layer_names("token_learner")[0]
+        directory, _ = find_cifar10()
+        images = run_fixed_images(shown.directory, directory) if directory else None
+        caption = (f"What the {config.num_tokens} tokens of {shown.name} "
+                   f"({100 * shown.summary['test_top1']:.1f}% test top-1) pool: ")
+        if images is not None:
+            image, learned = images[0], shown.directory.maps(epoch)[1][first][0]
+            caption += "a validation image, then each token's map over it (bright: pooled into that token)."
+        else:  # no CIFAR-10 here, or another copy than the one it was trained on: a drawing, never bare maps
+            model_file = shown.directory.model_file
+            image, maps = drawing_maps(str(model_file), model_file.stat().st_mtime)
+            learned = maps[first]
+            caption += ("a drawing made for this page (no CIFAR-10 image to show here), then each token's map "
+                        "over it (bright: pooled into that token).")
+        st.image(overlay_grid(image, learned, config.covered_region(), scale=4), width="stretch")
+        st.caption(caption + " The Attention page does this for any image, yours included.")
+st.markdown(
+    """
+This explorer rebuilds the mini ViT of the keras.io example "Learning to tokenize in Vision Transformers"
+(Gosthipaty & Paul) on CIFAR-10. **Train** changes where TokenLearner sits, how many tokens it learns and how
+deep the network is; **Attention** shows what any model's tokens look at, two models side by side;
+**Compare** sets runs against their cost; **FLOPs** counts the work layer by layer.
+"""
+)
 st.subheader("The keras.io configurations")
 rows = []
-for name, config in PRESETS.items():
-    report, published = count(config), PUBLISHED[name]
+for name, preset in PRESETS.items():
+    report, published = count(preset), PUBLISHED[name]
     rows.append(
         {
             "configuration": published.description,
@@ -68,8 +73,10 @@ finished = [run for run in runs if run.summary and run.summary.get("test_top1") 
 if not finished:
     st.info("No finished run yet: the Train page trains one in a few minutes.")
 else:
-    st.dataframe([
-        {
+    zoo = []
+    for run in finished:
+        cost = count(run.config)
+        zoo.append({
             "run": run.name,
             "TokenLearner": run.config.tokenlearner,
             "tokens": run.config.num_tokens if run.config.tokenlearner != "none" else None,
@@ -77,9 +84,8 @@ else:
             "test top-1 (%)": round(100 * run.summary["test_top1"], 2),
             "test top-5 (%)": round(100 * run.summary["test_top5"], 2),
             "test images": run.summary.get("test_images"),
-            "params": run.summary["params"],
-            "MACs (M)": round(run.summary["macs"] / 1e6, 2),
-            "keras.io GFLOPs": round(run.summary["keras_io_gflops"], 5),
-        }
-        for run in finished
-    ], hide_index=True)
+            "params": cost.params,
+            "MACs (M)": round(cost.macs / 1e6, 2),
+            "keras.io GFLOPs": round(cost.keras_io_gflops, 5),
+        })
+    st.dataframe(for_display(zoo), hide_index=True)

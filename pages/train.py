@@ -2,15 +2,17 @@ import time
 
 import streamlit as st
 
-from tokenlearner.charts import training_curves_figure
+from tokenlearner.charts import model_diagram_figure, training_curves_figure
 from tokenlearner.flops import count
 from tokenlearner.jobs import (JobError, active_job, job_log, last_job, may_stop, recipe_beyond_controls,
                                recipe_from_controls, start_job, stop_job)
 from tokenlearner.limits import Limits
 from tokenlearner.overlay import overlay_grid
 from tokenlearner.runs import runs_root
-from tokenlearner.ui import as_text, data_directory, model_controls, preset_picker, run_fixed_images
+from tokenlearner.ui import (as_text, data_directory, find_cifar10, main_picture, model_controls, page_setup,
+                             preset_picker, run_fixed_images)
 
+page_setup()
 st.title("Train")
 root = runs_root()
 STARTING = "Starting: loading TensorFlow and the data, then compiling the training step..."
@@ -79,45 +81,51 @@ def live_job():
                          width="stretch")
 
 
-data_dir = data_directory("train")
+data_dir, _ = find_cifar10()
+with st.sidebar:
+    preset = preset_picker("train")
+    config = model_controls("train", preset.model, linked=True)
+    st.divider()
+    limits, base = Limits.current(), preset.recipe
+    epochs = st.slider("epochs", 1, limits.max_epochs, min(base.epochs, limits.max_epochs), key="train_epochs")
+    batch_size = st.select_slider("batch size", [32, 64, 128, 256, 512], base.batch_size, key="train_batch")
+    learning_rate = st.select_slider("learning rate", [1e-4, 3e-4, 1e-3, 3e-3], base.learning_rate,
+                                     key="train_lr")
+    seed = st.number_input("seed", 0, 1_000_000, base.seed, key="train_seed")
+    if limits.max_train_images:
+        limit = st.number_input("training images", 100, limits.max_train_images, limits.max_train_images,
+                                step=100, key="train_limit")
+        st.caption(f"This public demo trains at most {limits.max_epochs} epochs on {limits.max_train_images:,} "
+                   f"images, and validates and tests on {limits.max_eval_images:,}.")
+    else:
+        limit = st.number_input("training images (0: all)", 0, 50_000, base.limit, step=100, key="train_limit")
+    recipe = recipe_from_controls(base, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                  seed=int(seed), limit=int(limit))
+    carried = recipe_beyond_controls(recipe)
+    if carried:
+        st.caption("From the preset, too: " + ", ".join(f"{name} {value}" for name, value in carried.items()))
+    st.session_state.setdefault("train_name", time.strftime("run-%Y%m%d-%H%M%S"))
+    name = st.text_input("run name", key="train_name")
+    start = st.button("Start training", type="primary", disabled=data_dir is None, key="train_start")
+    if data_dir is None:
+        data_directory("train")  # training needs CIFAR-10: why not, a folder field and the download
+
+if start:
+    try:
+        st.session_state["train_job_owner"] = start_job(config, recipe, root, name.strip(), data_dir).owner
+    except JobError as error:
+        st.error(as_text(str(error)))
+    else:
+        st.rerun()
 running = active_job(root)
-refused = None  # shown below the expander, which closes once any job runs (the one that won a race, say)
-with st.expander("New training run", expanded=running is None):
-    model_column, recipe_column = st.columns(2)
-    with model_column:
-        preset = preset_picker("train")
-        config = model_controls("train", preset.model, linked=True)
+with main_picture():
+    if running is not None:  # its curves and latest maps take the diagram's place
+        live_job()
+    else:
+        st.plotly_chart(model_diagram_figure(config), key="train_diagram")
         cost = count(config)
-        st.caption(f"{cost.params:,} parameters, {cost.macs / 1e6:.2f} M MACs, "
-                   f"{cost.keras_io_gflops:.5f} keras.io GFLOPs per image")
-    with recipe_column:
-        limits, base = Limits.current(), preset.recipe
-        epochs = st.slider("epochs", 1, limits.max_epochs, min(base.epochs, limits.max_epochs), key="train_epochs")
-        batch_size = st.select_slider("batch size", [32, 64, 128, 256, 512], base.batch_size, key="train_batch")
-        learning_rate = st.select_slider("learning rate", [1e-4, 3e-4, 1e-3, 3e-3], base.learning_rate,
-                                         key="train_lr")
-        seed = st.number_input("seed", 0, 1_000_000, base.seed, key="train_seed")
-        if limits.max_train_images:
-            limit = st.number_input("training images", 100, limits.max_train_images, limits.max_train_images,
-                                    step=100, key="train_limit")
-            st.caption(f"This public demo trains at most {limits.max_epochs} epochs on {limits.max_train_images:,} "
-                       f"images, and validates and tests on {limits.max_eval_images:,}.")
-        else:
-            limit = st.number_input("training images (0: all)", 0, 50_000, base.limit, step=100, key="train_limit")
-        recipe = recipe_from_controls(base, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                                      seed=int(seed), limit=int(limit))
-        carried = recipe_beyond_controls(recipe)
-        if carried:
-            st.caption("From the preset, too: " + ", ".join(f"{name} {value}" for name, value in carried.items()))
-        st.session_state.setdefault("train_name", time.strftime("run-%Y%m%d-%H%M%S"))
-        name = st.text_input("run name", key="train_name")
-    if st.button("Start training", type="primary", disabled=data_dir is None, key="train_start"):
-        try:
-            st.session_state["train_job_owner"] = start_job(config, recipe, root, name.strip(), data_dir).owner
-        except JobError as error:
-            refused = str(error)
-        else:
-            st.rerun()
-if refused:
-    st.error(as_text(refused))
-live_job()
+        st.caption(f"The model the controls describe: {cost.params:,} parameters, {cost.macs / 1e6:.2f} M MACs, "
+                   f"{cost.keras_io_gflops:.5f} keras.io GFLOPs per image. Change it in the sidebar; Start "
+                   "trains it.")
+if running is None:
+    live_job()  # the last job's outcome, if any

@@ -121,6 +121,44 @@ def test_attention_page_overlays_test_images(explorer):
     assert not test.exception
 
 
+def test_attention_page_sets_two_models_side_by_side(explorer):
+    from tokenlearner import build_model
+
+    config = ModelConfig(tokenlearner="v11", num_tokens=8)
+    other = RunDirectory(explorer.path.parent / "v11-run").create({"model": config.to_dict()})
+    other.save_model(build_model(config))
+    other.set_status("finished")
+    test = attention_page()
+    choose(test.selectbox(key="attention_run"), "runs/fuser-run (")
+    test.radio(key="attention_pick").set_value("at random").run()
+    test.slider(key="attention_count").set_value(2).run()
+    assert len(test.get("image")) == 2 * 2 and len(test.get("plotly_chart")) == 2
+    choose(test.selectbox(key="attention_compare"), "runs/v11-run (")
+    assert not test.exception, test.exception
+    assert test.query_params["compare"] == "runs/v11-run"
+    assert len(test.get("image")) == 2 * 2 * 2  # per image and model: the token maps and the dominant view
+    assert len(test.get("plotly_chart")) == 2 * 2  # and each model's top-5
+    verdicts = [text.value for text in test.markdown if text.value.startswith(("runs/fuser", "runs/v11"))]
+    assert len(verdicts) == 4 and all("%)" in verdict for verdict in verdicts), verdicts
+    test.selectbox(key="attention_token").set_value(7).run()  # token 8 of v1.1's eight; the other has 4
+    assert not test.exception, test.exception
+
+
+def choose(selectbox, label_start: str) -> None:
+    """Pick the option whose label starts with `label_start` (AppTest sees the labels) and run."""
+    selectbox.select_index(next(i for i, label in enumerate(selectbox.options) if label.startswith(label_start))).run()
+
+
+def test_a_link_opens_two_models_side_by_side(explorer):
+    test = app()
+    test.query_params.update({"run": "runs/fuser-run", "compare": "runs/nothing-here"})
+    test.run()
+    test.switch_page("pages/attention.py").run()
+    assert not test.exception, test.exception
+    assert test.selectbox(key="attention_compare").value is None
+    assert "The link names no model here (runs/nothing-here); showing one model" in test.warning[0].value
+
+
 def test_attention_page_takes_an_upload_and_refuses_a_bomb(explorer):
     from PIL import Image
     from test_images import INPUTS, encode
@@ -129,7 +167,7 @@ def test_attention_page_takes_an_upload_and_refuses_a_bomb(explorer):
     test.radio(key="attention_source").set_value("my own image").run()
     test.file_uploader(key="attention_upload").set_value(("cat.png", INPUTS["rgba"], "image/png")).run()
     assert not test.exception, test.exception
-    assert len(test.get("image")) == 2 + 2  # before/after, overlays, dominant view
+    assert len(test.get("image")) == 1 + 2  # the upload, its overlays, the dominant-token view
     bomb = encode(Image.new("1", (10_000, 10_000)), "PNG")
     test.file_uploader(key="attention_upload").set_value(("bomb.png", bomb, "image/png")).run()
     assert not test.exception
@@ -315,14 +353,41 @@ def test_compare_page(two_runs):
     test.slider(key="compare_threshold").set_value(42).run()
     assert list(test.dataframe[0].value["run"]) == ["runs/baseline"]
     test.slider(key="compare_threshold").set_value(0).run()
+    assert test.button(key="compare_delete_button").disabled  # no run chosen yet
     test.selectbox(key="compare_delete").set_value(next(
         option for option in test.selectbox(key="compare_delete").options if "baseline" in option))
     test.run()
-    assert test.button(key="compare_delete_button").disabled  # not confirmed yet
-    test.checkbox(key="compare_delete_confirm").check().run()
     test.button(key="compare_delete_button").click().run()
     assert not test.exception, test.exception
-    assert not two_runs[1].path.exists() and two_runs[0].path.exists()
+    # the dialog asks first (AppTest cannot press its button: test_browser does)
+    assert any("Delete **runs/baseline** and all its files for good?" in text.value for text in test.markdown)
+    assert two_runs[1].path.exists() and two_runs[0].path.exists()
+
+
+def test_compare_tables_leave_missing_values_empty(two_runs):
+    test = app().run()
+    test.switch_page("pages/compare.py").run()
+    table = test.dataframe[0].value
+    baseline = table[table["run"] == "runs/baseline"].iloc[0]
+    assert baseline["tokens"] == "" and baseline["placement"] == ""
+    assert table[table["run"] == "runs/fuser-run"].iloc[0]["tokens"] == "4"
+
+
+def test_a_click_on_a_point_names_its_run():
+    from tokenlearner.charts import accuracy_cost_figure, clicked_run
+
+    rows = [{"run": "runs/a", "macs_m": 78.07, "test_top1": 50.0}, {"run": "runs/b", "macs_m": 78.08, "test_top1": 50.05},
+            {"run": "runs/c", "macs_m": 101.5, "test_top1": None}]
+    figure = accuracy_cost_figure(rows, ["runs/b"])
+    runs_curve = next(index for index, trace in enumerate(figure.data) if trace.name == "runs")
+    assert clicked_run(figure, [{"curve_number": runs_curve, "point_index": 1}]) == "runs/b"
+    assert clicked_run(figure, [{"curve_number": 1 - runs_curve, "point_index": 0}]) is None  # the front's line
+    assert clicked_run(figure, [{"curve_number": runs_curve, "point_index": 7}]) is None
+    assert clicked_run(figure, []) is None
+    low, high = figure.layout.xaxis.range
+    assert 75 < low < 78.07 and 78.08 < high < 81, "the axis hugs runs of nearly the same cost, not from 0"
+    assert figure.data[runs_curve].textposition[0] != figure.data[runs_curve].textposition[1], \
+        "labels of neighbouring points go to different sides"
 
 
 def test_without_data_the_pages_say_where_they_looked(tmp_path, monkeypatch):
@@ -341,7 +406,9 @@ def test_without_data_the_pages_say_where_they_looked(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("page", ["pages/home.py", "pages/train.py", "pages/compare.py", "pages/flops.py"])
-def test_pages_that_need_no_model_do_not_load_tensorflow(page, tmp_path):
+def test_pages_that_need_no_model_do_not_load_tensorflow(page, tmp_path, cifar_dir):
+    """Home included: with the CIFAR-10 copy the checkpoints were trained on, it draws their
+    stored maps (without it, it draws a drawing's, which needs the model)."""
     import subprocess
     import sys
 
@@ -355,7 +422,8 @@ def test_pages_that_need_no_model_do_not_load_tensorflow(page, tmp_path):
         "assert not test.exception, test.exception\n"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
     )
-    env = {"TOKENLEARNER_RUNS_DIR": str(tmp_path / "runs"), "PATH": "/usr/bin:/bin"}
+    env = {"TOKENLEARNER_RUNS_DIR": str(tmp_path / "runs"), "TOKENLEARNER_DATA_DIR": str(cifar_dir),
+           "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False False"
@@ -439,11 +507,35 @@ def test_home_shows_what_the_best_models_tokens_pool(explorer):
     assert len(test.get("image")) == 1
     assert test.caption[0].value.startswith("What the 4 tokens of runs/fuser-run (50.0% test top-1) pool")
 
-    # Another copy of CIFAR-10 holds other images at those places: no overlay on the wrong image.
+    # Another copy of CIFAR-10 holds other images at those places: no overlay on the wrong image, but
+    # the maps of a drawing.
     explorer.write_map_images(parts.val_index[:8].tolist(), ((parts.val_labels[:8] + 1) % 10).tolist())
     test = app().run()
     assert not test.exception, test.exception
-    assert len(test.get("image")) == 0
+    assert len(test.get("image")) == 1
+    assert "a drawing made for this page" in test.caption[0].value
+
+
+def test_without_data_home_draws_the_maps_over_a_drawing(explorer, monkeypatch, tmp_path):
+    explorer.write_summary({"test_top1": 0.5, "test_top5": 0.9, "test_images": 817, "best_epoch": 1})
+    explorer.write_map_images([0], [0])
+    explorer.write_maps(1, *predict_with_maps_of(explorer))
+    monkeypatch.delenv("TOKENLEARNER_DATA_DIR", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    test = app().run()
+    assert not test.exception, test.exception
+    assert len(test.get("image")) == 1
+    assert "a drawing made for this page" in test.caption[0].value
+
+
+def predict_with_maps_of(run):
+    import numpy as np
+
+    from tokenlearner.model import predict_with_maps
+    from tokenlearner.runs import RunDirectory
+
+    model, _ = RunDirectory(run.path).load_model()
+    return predict_with_maps(model, np.zeros((1, 32, 32, 3), np.uint8))
 
 
 def test_a_shipped_checkpoint_is_shown_on_home_and_attention(cifar_dir, tmp_path, monkeypatch):
@@ -497,7 +589,7 @@ def test_a_demo_hides_error_details_and_the_data_folder_and_download_controls(de
     assert streamlit.get_option("client.showErrorDetails") == "none"
     test.switch_page("pages/train.py").run()
     assert not test.exception, test.exception
-    assert "CIFAR-10 is not available on this instance" in test.info[0].value
+    assert any("CIFAR-10 is not available on this instance" in message.value for message in test.info)
     assert not test.warning, "a visitor learns nothing of the server's folders"
     assert [field.key for field in test.text_input] == ["train_name"]  # no folder field
     assert [button.key for button in test.button] == ["train_start"]  # no download button

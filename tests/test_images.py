@@ -86,6 +86,20 @@ def test_overlays_cover_only_the_patch_region():
     assert colorize(np.array([0.0, 1.0])).tolist() == [[68, 1, 84], [253, 231, 37]]
 
 
+def test_a_highlighted_token_colours_only_its_own_patches():
+    image = np.full((32, 32, 3), 128, np.uint8)
+    left = np.zeros((8, 8))
+    left[:, :4] = 1  # token 0 weights the left half most, token 1 the right half
+    maps = np.stack([left, 1 - left])
+    every = np.asarray(dominant_token_image(image, maps, (0, 0, 1, 1), scale=1))
+    second = np.asarray(dominant_token_image(image, maps, (0, 0, 1, 1), scale=1, highlight=1))
+    inner = (slice(1, -1), slice(1, -1))  # inside the white frame
+    assert not np.array_equal(every[inner], second[inner])
+    assert second[inner][:, :14].max() < 128, "the other token's patches are darkened"
+    assert np.array_equal(second[inner][:, 17:], np.asarray(
+        dominant_token_image(image, maps, (0, 0, 1, 1), scale=1, opacity=0.7))[inner][:, 17:])
+
+
 @pytest.fixture(scope="module")
 def untrained_run(tmp_path_factory):
     config = ModelConfig(fuser=True, placement=2)

@@ -38,6 +38,67 @@ def macs_breakdown_figure(reports: dict[str, CostReport]) -> go.Figure:
     return figure
 
 
+def macs_per_layer_figure(reports: dict[str, CostReport]) -> go.Figure:
+    """MACs of every model layer (patch embedding, each block, TokenLearner, TokenFuser,
+    classifier) in model order, one bar per labelled config."""
+    figure = go.Figure()
+    for label, report in reports.items():
+        layers = report.macs_by_layer()
+        figure.add_bar(name=label, x=list(layers), y=[macs / 1e6 for macs in layers.values()],
+                       hovertemplate="%{x}: %{y:.3f} M MACs<extra>" + label + "</extra>")
+    figure.update_layout(barmode="group", yaxis_title="MACs per image (millions)", height=360,
+                         margin={"t": 30, "b": 10}, legend={"orientation": "h", "y": 1.1},
+                         showlegend=len(reports) > 1)
+    return figure
+
+
+STAGE_COLOURS = {"patch_embedding": "#8c8c8c", "block": "#4c78a8", "token_learner": "#f58518",
+                 "token_fuser": "#54a24b", "classifier": "#8c8c8c"}
+
+
+def model_diagram_figure(config: ModelConfig) -> go.Figure:
+    """The model as a row of boxes, input to output: the patch embedding, each block (as
+    tall as the number of tokens it attends over), each TokenLearner and TokenFuser where
+    it sits, and the classifier, each with its MACs per image below it."""
+    report = count(config)
+    macs = report.macs_by_layer()
+    patches = config.num_patches
+    boxes = [("patch_embedding", f"{config.grid_size}x{config.grid_size} patches", patches, f"{patches}")]
+    for stage in config.stages():
+        label = stage.name.replace("block_", "block ").replace("token_learner", "TokenLearner").replace(
+            "token_fuser", "TokenFuser").replace("_", " ")
+        if stage.kind == "block":
+            boxes.append((stage.name, label, stage.tokens, f"{stage.tokens}"))
+        elif stage.kind == "token_learner":
+            boxes.append((stage.name, label, config.num_tokens, f"{stage.tokens}→{config.num_tokens}"))
+        else:
+            boxes.append((stage.name, label, patches, f"{stage.tokens}→{patches}"))
+    boxes.append(("classifier", "classifier", 1, f"{config.num_classes} classes"))
+    heights = [max(tokens / patches, 0.06) for _, _, tokens, _ in boxes]
+    labels = [label for _, label, _, _ in boxes]
+    kinds = [next(kind for kind in STAGE_COLOURS if name.startswith(kind)) for name, *_ in boxes]
+    figure = go.Figure(go.Bar(
+        x=labels, y=heights, base=[-height / 2 for height in heights],
+        marker={"color": [STAGE_COLOURS[kind] for kind in kinds]},
+        text=[text for *_, text in boxes], textposition="outside", cliponaxis=False,
+        customdata=[macs.get(name, 0) / 1e6 for name, *_ in boxes],
+        hovertemplate="%{x}<br>tokens: %{text}<br>%{customdata:.3f} M MACs<extra></extra>",
+    ))
+    for label, (name, *_) in zip(labels, boxes, strict=True):
+        figure.add_annotation(x=label, y=-0.62, text=f"{macs.get(name, 0) / 1e6:.2f} M", showarrow=False,
+                              font={"size": 10, "color": "#555"})
+    figure.update_layout(
+        title={"text": "<span style='color:#4c78a8'>blocks</span> as tall as the tokens they attend over, "
+                       "<span style='color:#f58518'>TokenLearner</span> (patches→tokens), "
+                       "<span style='color:#54a24b'>TokenFuser</span> (tokens→patches); MACs per image below",
+               "font": {"size": 13}},
+        yaxis={"visible": False, "range": [-0.72, 0.68]},
+        xaxis={"tickangle": -35 if len(boxes) > 10 else 0, "tickfont": {"size": 11}},
+        height=340, margin={"t": 40, "b": 10, "l": 10, "r": 10}, bargap=0.25, showlegend=False,
+    )
+    return figure
+
+
 def macs_sweep_figure(config: ModelConfig, parameter: str) -> go.Figure:
     """Total MACs (full count) and the keras.io convention as `parameter`
     (`"num_tokens"` or `"placement"`) runs over its valid range, the rest of `config` fixed."""
@@ -85,18 +146,81 @@ def training_curves_figure(epochs: list[dict], metric: str) -> go.Figure:
 
 
 def accuracy_cost_figure(rows: list[dict], front: list[str], log_x: bool = False) -> go.Figure:
-    """Test top-1 against MACs, one point per run, the Pareto front joined by a line."""
+    """Test top-1 against MACs, one labelled point per run, the Pareto front joined by a
+    line. The axes hug the points with a margin, so runs close in cost or accuracy stay
+    apart; every point's text is its run's name (`clicked_run` reads it back)."""
     scored = [row for row in rows if row["test_top1"] is not None]
     figure = go.Figure()
-    figure.add_scatter(name="runs", x=[row["macs_m"] for row in scored], y=[row["test_top1"] for row in scored],
-                       text=[row["run"] for row in scored], mode="markers", marker={"size": 10})
     best = sorted((row for row in scored if row["run"] in front), key=lambda row: row["macs_m"])
     figure.add_scatter(name="Pareto front", x=[row["macs_m"] for row in best], y=[row["test_top1"] for row in best],
-                       text=[row["run"] for row in best], mode="lines+markers",
-                       marker={"size": 12, "symbol": "star"})
-    figure.update_layout(xaxis_title="MACs per image (millions)", yaxis_title="test top-1 (%)",
-                         xaxis_type="log" if log_x else "linear", height=420)
+                       mode="lines", line={"dash": "dot"}, hoverinfo="skip")
+    x_range = _padded_range([row["macs_m"] for row in scored], log=log_x)
+    y_range = _padded_range([row["test_top1"] for row in scored], minimum_span=2.0)
+    figure.add_scatter(name="runs", x=[row["macs_m"] for row in scored], y=[row["test_top1"] for row in scored],
+                       text=[row["run"] for row in scored], mode="markers+text",
+                       textposition=_label_positions([row["macs_m"] for row in scored],
+                                                     [row["test_top1"] for row in scored], x_range, y_range, log_x),
+                       marker={"size": 12, "symbol": ["star" if row["run"] in front else "circle" for row in scored]},
+                       hovertemplate="%{text}<br>%{x:.2f} M MACs<br>%{y:.2f}% test top-1<extra>click to open</extra>")
+    figure.update_layout(xaxis={"title": "MACs per image (millions)", "type": "log" if log_x else "linear",
+                                "range": x_range},
+                         yaxis={"title": "test top-1 (%)", "range": y_range}, height=420,
+                         margin={"t": 30, "b": 10}, legend={"orientation": "h", "y": 1.08})
     return figure
+
+
+def _padded_range(values: list[float], log: bool = False, minimum_span: float = 0.0) -> list[float] | None:
+    """An axis range around `values` with 12% to spare on each side (the labels sit above
+    the points), at least `minimum_span` wide; in log10 units for a log axis."""
+    import math
+
+    if not values:
+        return None
+    if log:
+        values = [math.log10(value) for value in values if value > 0]
+        if not values:
+            return None
+    low, high = min(values), max(values)
+    span = max(high - low, minimum_span, abs(high) * 0.02 if not log else 0.05, 1e-9)
+    middle = (low + high) / 2
+    return [middle - span * 0.62, middle + span * 0.62]
+
+
+def _label_positions(xs: list[float], ys: list[float], x_range, y_range, log_x: bool) -> list[str]:
+    """Where each point's label goes (above, below, right or left of it), so that labels
+    of runs close in cost and accuracy do not print over each other."""
+    import math
+
+    if not xs:
+        return []
+    placed: list[tuple[float, float]] = []
+    offsets = {"top center": (0.0, 0.05), "bottom center": (0.0, -0.05), "middle right": (0.16, 0.0),
+               "middle left": (-0.16, 0.0)}
+    positions = []
+    for x, y in zip(xs, ys, strict=True):
+        u = ((math.log10(x) if log_x else x) - x_range[0]) / (x_range[1] - x_range[0])
+        v = (y - y_range[0]) / (y_range[1] - y_range[0])
+        choice = next((position for position, (du, dv) in offsets.items()
+                       if all(abs(u + du - pu) > 0.22 or abs(v + dv - pv) > 0.05 for pu, pv in placed)),
+                      "top center")
+        du, dv = offsets[choice]
+        placed.append((u + du, v + dv))
+        positions.append(choice)
+    return positions
+
+
+def clicked_run(figure: go.Figure, points: list[dict]) -> str | None:
+    """The run whose point was clicked, from the points of a Plotly selection event
+    (`st.plotly_chart(..., on_select="rerun")`) on `accuracy_cost_figure`; None when the
+    selection holds no run's point."""
+    for point in points:
+        curve, index = point.get("curve_number"), point.get("point_index")
+        if curve is None or index is None or not 0 <= curve < len(figure.data):
+            continue
+        names = figure.data[curve].text
+        if figure.data[curve].name == "runs" and names is not None and 0 <= index < len(names):
+            return names[index]
+    return None
 
 
 def curves_overlay_figure(curves: dict[str, list[dict]], metric: str, log_y: bool = False) -> go.Figure:

@@ -98,6 +98,15 @@ def plus_minus(mean: float | None, std: float | None) -> str:
     return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f}"
 
 
+def for_display(rows: list[dict]) -> list[dict]:
+    """`rows` for `st.dataframe`, whose grid writes "None" into a missing cell: a column
+    with a missing value (a model without TokenLearner has no tokens) becomes text, its
+    missing cells empty."""
+    gaps = {key for row in rows for key, value in row.items() if value is None}
+    return [{key: ("" if value is None else str(value)) if key in gaps else value for key, value in row.items()}
+            for row in rows]
+
+
 def _percent(value):
     return round(100 * value, 2) if value is not None else None
 

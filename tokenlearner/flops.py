@@ -68,6 +68,14 @@ class CostReport:
     def keras_io_gflops(self) -> float:
         return sum(layer.keras_io_flops for layer in self.layers) / 2 / 1e9
 
+    def macs_by_layer(self) -> dict[str, int]:
+        """MACs per model layer (`patch_embedding`, `block_0`, `token_learner`, ..., `classifier`), in model order."""
+        totals: dict[str, int] = {}
+        for layer in self.layers:
+            owner = layer.name.split("/")[0]
+            totals[owner] = totals.get(owner, 0) + layer.macs
+        return totals
+
     def macs_by_category(self) -> dict[str, int]:
         totals = dict.fromkeys(CATEGORIES, 0)
         for layer in self.layers:

@@ -128,3 +128,20 @@ def to_model_input(image: Image.Image, size: int = 32) -> np.ndarray:
     left, top = (image.width - side) // 2, (image.height - side) // 2
     square = image.crop((left, top, left + side, top + side))
     return np.asarray(square.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def example_drawing(side: int = PREVIEW_SIDE) -> Image.Image:
+    """A simple scene drawn for the purpose (sky, sun, a red ball on grass, a tree), so
+    that token maps can be shown over something a person reads where no CIFAR-10 image
+    may be shown or none is on the machine."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (side, side), (124, 170, 222))
+    draw = ImageDraw.Draw(image)
+    unit = side / 32
+    draw.rectangle((0, 21 * unit, side, side), fill=(88, 150, 72))
+    draw.rectangle((3 * unit, 3 * unit, 8 * unit, 8 * unit), fill=(250, 218, 70))
+    draw.ellipse((10 * unit, 10 * unit, 21 * unit, 21 * unit), fill=(206, 62, 48))
+    draw.rectangle((25 * unit, 14 * unit, 27 * unit, 23 * unit), fill=(110, 74, 44))
+    draw.ellipse((22 * unit, 7 * unit, 30 * unit, 16 * unit), fill=(46, 112, 52))
+    return image

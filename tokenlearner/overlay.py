@@ -79,14 +79,23 @@ def overlay_grid(image: np.ndarray, maps: np.ndarray, region: tuple[float, float
 
 
 def dominant_token_image(image: np.ndarray, maps: np.ndarray, region: tuple[float, float, float, float],
-                         scale: int = 8, opacity: float = 0.5) -> Image.Image:
-    """The image with each patch coloured by the token whose map weights it most."""
+                         scale: int = 8, opacity: float = 0.5, highlight: int | None = None) -> Image.Image:
+    """The image with each patch coloured by the token whose map weights it most. With
+    `highlight` (a token's index), only that token's patches are coloured and the rest of
+    the image is darkened, so one token's share of the image stands out."""
     owner = np.argmax(maps, axis=0)
-    palette = token_colours(len(maps))
     base = enlarge(image, scale)
     top, left, bottom, right = _pixel_box(region, base.size)
-    colours = Image.fromarray(palette[owner]).resize((right - left, bottom - top), Image.Resampling.NEAREST)
-    base.paste(Image.blend(base.crop((left, top, right, bottom)), colours, opacity), (left, top))
+    box = (right - left, bottom - top)
+    covered = base.crop((left, top, right, bottom))
+    colours = Image.fromarray(token_colours(len(maps))[owner]).resize(box, Image.Resampling.NEAREST)
+    if highlight is None:
+        base.paste(Image.blend(covered, colours, opacity), (left, top))
+    else:
+        chosen = Image.fromarray(np.where(owner == highlight, 255, 0).astype(np.uint8)).resize(
+            box, Image.Resampling.NEAREST)
+        darkened = Image.blend(covered, Image.new("RGB", box), 0.6)
+        base.paste(Image.composite(Image.blend(covered, colours, max(opacity, 0.7)), darkened, chosen), (left, top))
     ImageDraw.Draw(base).rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 255))
     return base
 

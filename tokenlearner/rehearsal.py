@@ -203,7 +203,7 @@ async def _upload(page, url: str, image: Path, seen: Observations) -> None:
     await _open(page, url, "attention", seen)
     await page.get_by_text("my own image").click()
     await page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(image))
-    shown = page.get_by_text("what the model sees, 32x32").or_(page.locator('[data-testid="stAlertContentError"]'))
+    shown = page.get_by_text("your image", exact=True).or_(page.locator('[data-testid="stAlertContentError"]'))
     await shown.first.wait_for(timeout=PAGE_TIMEOUT_MS)
     await _settle(page)
     await _errors(page, f"upload {image.name}", seen)
@@ -285,13 +285,13 @@ async def _visitor(browser, url: str, runs: Path, index: int, deadline: float,
 
 
 async def _first_overlay_s(browser, url: str) -> float:
-    """Seconds from the first request to /attention to its first token overlay (the second picture)."""
+    """Seconds from the first request to /attention to its first token overlay (its first picture)."""
     context = await browser.new_context(viewport={"width": 1366, "height": 768})
     context.set_default_timeout(PAGE_TIMEOUT_MS)
     page = await context.new_page()
     started = time.perf_counter()
     await page.goto(f"{url}/attention")
-    await page.locator('[data-testid="stImage"] img').nth(1).wait_for(timeout=PAGE_TIMEOUT_MS)
+    await page.locator('[data-testid="stImage"] img').first.wait_for(timeout=PAGE_TIMEOUT_MS)
     seconds = time.perf_counter() - started
     await context.close()
     return seconds

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import runpy
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -14,6 +16,38 @@ from tokenlearner.presets import DEFAULT_PRESET, PRESETS
 from tokenlearner.runs import RunError, find_checkpoints
 
 
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
+_through_app = threading.local()  # each session's script runs in its own thread
+
+
+def run_page(page) -> None:
+    """Run the page `st.navigation` chose (app.py's last line), marked as run through app.py."""
+    _through_app.running = True
+    try:
+        page.run()
+    finally:
+        _through_app.running = False
+
+
+def page_setup() -> None:
+    """Every page's first line. Until some script in a server process has called
+    `st.navigation`, Streamlit runs a file of `pages/` by itself (its older multipage
+    mode): the first visitor of a fresh server who follows a link to /train would get
+    Streamlit's own navigation, the narrow layout and none of app.py's settings (demo
+    mode's hidden error details among them). Such a page runs app.py instead, which runs
+    the page the link names, query parameters and all, and stops there."""
+    if getattr(_through_app, "running", False):
+        return
+    runpy.run_path(str(APP_SCRIPT), run_name="__main__")
+    st.stop()
+
+
+def main_picture():
+    """The container of a page's main picture: the browser test checks that it is in view
+    on a laptop's screen (its CSS class is `st-key-main_picture`)."""
+    return st.container(key="main_picture")
+
+
 MARKDOWN_SPECIALS = re.compile(r"[\\`*_\[\]<>#|~:$]")
 
 
@@ -21,6 +55,19 @@ def as_text(text: str) -> str:
     """`text` for Streamlit's Markdown, shown as typed: what a visitor typed or uploaded,
     and what a job printed, must not turn into links, images, formatting or colours."""
     return MARKDOWN_SPECIALS.sub(r"\\\g<0>", text)
+
+
+def linked_run(runs: list, parameter: str, instead: str):
+    """The run of `runs` (RunInfo) that the page's link names in `parameter`
+    (?run=checkpoints/v1-8-tokens), or None; a link naming no listed run is reported
+    (saying what is shown `instead`), never followed."""
+    if parameter not in st.query_params:
+        return None
+    named = next((run for run in runs if run.name == st.query_params[parameter]), None)
+    if named is None:
+        st.warning(f"The link names no model here ({as_text(st.query_params[parameter][:100])}); "
+                   f"{instead}.")
+    return named
 
 
 TOKENLEARNER_LABELS = {"none": "none", "v1": "v1.0", "v11": "v1.1"}
@@ -143,6 +190,18 @@ def load_run_model(model_path: str, modified: float):
     return RunDirectory(Path(model_path).parent).load_model()[0]
 
 
+@st.cache_data(max_entries=4, show_spinner="Drawing the token maps...")
+def drawing_maps(model_path: str, modified: float):
+    """The drawing (`images.example_drawing`) as the model sees it, and the model's maps
+    of it ({layer: (S, h, w)})."""
+    from tokenlearner.images import example_drawing, to_model_input
+    from tokenlearner.model import predict_with_maps
+
+    image = to_model_input(example_drawing())
+    _, maps = predict_with_maps(load_run_model(model_path, modified), image[None])
+    return image, {name: value[0] for name, value in maps.items()}
+
+
 @st.cache_resource(max_entries=1, show_spinner="Reading CIFAR-10...")
 def _read_cifar10(directory: str, versions: tuple):
     """The folder's data, or the message of the `DataError` reading it raised: Streamlit's
@@ -192,28 +251,35 @@ def chosen_data_dir() -> str | None:
     return st.session_state.get("data_dir") if Limits.current().allow_data_folder_choice else None
 
 
-def data_directory(key: str) -> str | None:
-    """The CIFAR-10 folder (explicit setting, $TOKENLEARNER_DATA_DIR or the Keras cache),
-    once every batch in it reads; where none is found or a batch is damaged, say so, offer a
-    folder field and return None."""
+def find_cifar10() -> tuple[str | None, str | None]:
+    """(the CIFAR-10 folder, None) once every batch in it reads (explicit setting,
+    $TOKENLEARNER_DATA_DIR or the Keras cache), else (None, why not)."""
     from tokenlearner.data import DataError, find_data_dir
 
-    limits = Limits.current()
     try:
         directory = str(find_data_dir(chosen_data_dir()))
         cifar10(directory)  # the pages then read it from the cache
-        return directory
+        return directory, None
     except DataError as error:
-        if not limits.allow_data_folder_choice:  # a demo's visitor learns nothing of the server's folders
-            st.info("CIFAR-10 is not available on this instance just now; your own images still work.")
-            return None
-        st.warning(str(error))
-        typed = st.text_input("CIFAR-10 folder (cifar-10-batches-py)", key=f"{key}_data_dir_input")
-        if typed and st.button("Use this folder", key=f"{key}_data_dir_use"):
-            st.session_state["data_dir"] = typed
-            st.rerun()
-        _download_controls(key)
+        return None, str(error)
+
+
+def data_directory(key: str) -> str | None:
+    """`find_cifar10`'s folder; where none is found or a batch is damaged, say so, offer a
+    folder field and the download, and return None."""
+    directory, problem = find_cifar10()
+    if directory is not None:
+        return directory
+    if not Limits.current().allow_data_folder_choice:  # a demo's visitor learns nothing of the server's folders
+        st.info("CIFAR-10 is not available on this instance just now; your own images still work.")
         return None
+    st.warning(problem)
+    typed = st.text_input("CIFAR-10 folder (cifar-10-batches-py)", key=f"{key}_data_dir_input")
+    if typed and st.button("Use this folder", key=f"{key}_data_dir_use"):
+        st.session_state["data_dir"] = typed
+        st.rerun()
+    _download_controls(key)
+    return None
 
 
 def _download_controls(key: str) -> None:
