@@ -107,20 +107,21 @@ if images is not None:
     sheets = []
     for index, caption in enumerate(captions):
         with main_picture() if index == 0 else st.container():
-            st.markdown(f"**{caption}**")
+            if other is not None:
+                st.markdown(f"**{caption}**")
             for column, run, (probabilities, maps) in zip(st.columns(len(shown_runs)), shown_runs, outputs,
                                                           strict=True):
                 config, top = run.config, int(probabilities[index].argmax())
                 verdict = "" if labels is None else (" ✓" if top == labels[index] else " ✗")
-                column.markdown(f"{as_text(run.name)}: **{class_names[top]}** "
-                                f"({100 * probabilities[index][top]:.0f}%){verdict}")
+                column.markdown(("" if other is not None else f"**{caption}** · ") + f"{as_text(run.name)}: "
+                                f"**{class_names[top]}** ({100 * probabilities[index][top]:.0f}%){verdict}")
                 gates = config.layer_names("token_fuser")
                 rows = [overlay_grid(images[index], layer[index], config.covered_region(), opacity=opacity,
                                      colormap=colormap) for name, layer in maps.items()
                         if show_gates or name not in gates]
                 for row in rows:
                     column.image(row, width="stretch")
-                bars, dominant = column.columns([3, 2] if other else [5, 2]) if rows else (column, None)
+                bars, dominant = column.columns([3, 2] if other else [3, 1]) if rows else (column, None)
                 bars.plotly_chart(top5_figure(probabilities[index], class_names),
                                   key=f"attention_top5_{run.name}_{index}")
                 if rows:
@@ -128,7 +129,7 @@ if images is not None:
                     token = highlight if highlight is not None and highlight < len(first) else None
                     dominant.image(dominant_token_image(images[index], first, config.covered_region(),
                                                         highlight=token),
-                                   caption="patches by their strongest token", width="stretch")
+                                   caption="patches by their strongest token", width=170)
                     sheets += rows
                 else:
                     column.image(enlarge(images[index]), caption="the image the model was given", width=160)

@@ -93,7 +93,7 @@ def model_diagram_figure(config: ModelConfig) -> go.Figure:
                        "<span style='color:#54a24b'>TokenFuser</span> (tokens→patches); MACs per image below",
                "font": {"size": 13}},
         yaxis={"visible": False, "range": [-0.72, 0.68]},
-        xaxis={"tickangle": -35 if len(boxes) > 10 else 0, "tickfont": {"size": 11}},
+        xaxis={"tickangle": -30, "tickfont": {"size": 11}},
         height=340, margin={"t": 40, "b": 10, "l": 10, "r": 10}, bargap=0.25, showlegend=False,
     )
     return figure
