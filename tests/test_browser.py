@@ -169,8 +169,12 @@ def in_view(page, viewport) -> None:
     assert drawn["images"] + drawn["charts"] > 0 and drawn["loaded"], drawn
 
 
-@pytest.mark.parametrize("path", list(PAGES))
-@pytest.mark.parametrize("setting", ["with_data", "without_data"])
+# Compare and FLOPs read no CIFAR-10 (their pictures come from run records and counts): with data only.
+WITHOUT_DATA = ["", "train", "attention"]
+
+
+@pytest.mark.parametrize("setting, path", [("with_data", path) for path in PAGES]
+                         + [("without_data", path) for path in WITHOUT_DATA])
 def test_each_pages_main_picture_is_in_view_on_a_laptop_and_the_page_fits_a_phone(request, browser, setting, path):
     """And with CIFAR-10, the same page on a phone: no exception, nothing wider than the screen."""
     server = request.getfixturevalue(setting)
@@ -192,21 +196,6 @@ def test_each_pages_main_picture_is_in_view_on_a_laptop_and_the_page_fits_a_phon
                                          document.querySelector('[data-testid="stMain"]').scrollWidth]""")
         assert max(widths) <= PHONE["width"], f"wider than the phone: {widths}"
         assert page.locator('[data-testid="stException"]').count() == 0
-    page.close()
-
-
-def test_a_slider_moved_in_the_browser_changes_the_macs(browser, with_data):
-    from playwright.sync_api import expect
-
-    page = open_page(browser, with_data["url"], "flops")
-    # by its label, and retried: Streamlit can still stream the page after it settles
-    macs = page.locator('[data-testid="stMetric"]').filter(has_text="MACs").locator('[data-testid="stMetricValue"]')
-    expect(macs).to_have_text("78.07 M", timeout=30_000)
-    slider = page.locator('[data-testid="stSlider"]').filter(has_text="tokens").first
-    track = slider.locator('[role="group"] > div').first  # the slider's track
-    box = track.bounding_box()
-    page.mouse.click(box["x"] + box["width"] * 0.98, box["y"] + box["height"] / 2)  # towards 16 tokens
-    expect(macs).not_to_have_text("78.07 M", timeout=30_000)
     page.close()
 
 
