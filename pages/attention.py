@@ -116,11 +116,12 @@ if images is not None:
                 column.markdown(("" if other is not None else f"**{caption}** · ") + f"{as_text(run.name)}: "
                                 f"**{class_names[top]}** ({100 * probabilities[index][top]:.0f}%){verdict}")
                 gates = config.layer_names("token_fuser")
-                rows = [overlay_grid(images[index], layer[index], config.covered_region(), opacity=opacity,
-                                     colormap=colormap) for name, layer in maps.items()
-                        if show_gates or name not in gates]
-                for row in rows:
-                    column.image(row, width="stretch")
+                named_rows = {name: overlay_grid(images[index], layer[index], config.covered_region(),
+                                                 opacity=opacity, colormap=colormap)
+                              for name, layer in maps.items() if show_gates or name not in gates}
+                for name, row in named_rows.items():  # named where TokenFuser's gates are shown too
+                    column.image(row, caption=name if len(named_rows) > 1 else None, width="stretch")
+                rows = list(named_rows.values())
                 bars, dominant = column.columns([3, 2] if other else [3, 1]) if rows else (column, None)
                 bars.plotly_chart(top5_figure(probabilities[index], class_names),
                                   key=f"attention_top5_{run.name}_{index}")
