@@ -1,4 +1,5 @@
-"""Streamlit controls shared by the app's pages, and how app.py runs them. Only app.py and the pages import this module."""
+"""Streamlit controls shared by the app's pages, and how app.py runs them. Only app.py
+and the pages import this module."""
 
 from __future__ import annotations
 
