@@ -15,7 +15,11 @@ import pytest
 import tensorflow as tf
 
 from tokenlearner import native
+from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.layers import Dropout, LayerNormalization, TransformerBlock
+from tokenlearner.model import build_model
+from tokenlearner.steps import CHUNK_IMAGES, Steps
+from tokenlearner.training import make_optimizer
 
 KERNELS = native.load()
 needs_kernels = pytest.mark.skipif(KERNELS is None, reason=f"the model runs {native.describe()}")
@@ -177,6 +181,48 @@ def test_a_block_trains_as_with_keras_ops(monkeypatch):
     for gradient, expected_gradient in zip(gradients, expected_gradients):
         scale = float(tf.reduce_max(tf.abs(expected_gradient)))
         np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.fixture(params=["no GPU", "a GPU"])
+def seen_devices(request, monkeypatch):
+    """TensorFlow's visible devices, with a GPU added to them in the second case (this
+    machine has none to show), and the kernels loaded afresh for them."""
+    if request.param == "a GPU":
+        real = tf.config.get_visible_devices
+        gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
+        monkeypatch.setattr(tf.config, "get_visible_devices",
+                            lambda device_type=None: [gpu] if device_type == "GPU" else real(device_type))
+    native._load_once.cache_clear()
+    yield request.param
+    monkeypatch.undo()
+    native._load_once.cache_clear()
+
+
+def _op_types(function) -> set[str]:
+    """Every op in a traced function's graph, its loops' bodies included."""
+    graph = function.graph.as_graph_def()
+    return {node.op for node in graph.node} | {node.op for body in graph.library.function for node in body.node_def}
+
+
+@needs_kernels
+def test_the_model_runs_the_cpu_kernels_only_where_tensorflow_sees_no_gpu(seen_devices):
+    """A CPU op in a GPU's graph would copy every tensor it touches across to the host, and
+    a GPU needs the whole batch at once: where TensorFlow sees a GPU, the training step is
+    traced with Keras' ops and without chunks."""
+    config = ModelConfig(depth=1, placement=1)
+    model = build_model(config)
+    steps = Steps(model, make_optimizer(TrainConfig(), 1), config.num_classes)
+    ops = _op_types(steps.train_step.get_concrete_function())
+    kernels = {"TokenlearnerDropoutMask", "TokenlearnerGelu", "TokenlearnerLayerNorm"}
+    if seen_devices == "a GPU":
+        assert native.describe() == ("Keras' dropout, GELU and LayerNorm (native kernels not used: TensorFlow "
+                                     "places the model on /physical_device:GPU:0)")
+        assert not ops & kernels
+        assert steps.chunk_images is None
+    else:
+        assert native.describe().startswith("native dropout, GELU and LayerNorm kernels")
+        assert kernels <= ops
+        assert steps.chunk_images == CHUNK_IMAGES
 
 
 def test_a_compiler_that_fails_is_reported(tmp_path):

@@ -7,7 +7,8 @@ training step sums the chunks' gradients. The maths is the whole batch's, summed
 another order: nothing in the model mixes images, and the dropout seeds pass from chunk
 to chunk as they would from call to call, so every chunk draws its own masks. This
 measured faster on the CPU than oneDNN splitting every op over the cores
-(docs/performance.md).
+(docs/performance.md). Where TensorFlow sees a GPU the batch goes through whole, in one
+chunk, since a GPU needs large ops to be busy.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 
 import numpy as np
 
+from tokenlearner import native
 from tokenlearner.augment import BatchAugmentation
 from tokenlearner.config import TrainConfig
 
@@ -72,6 +74,7 @@ class Steps:
         self.loss_function = keras.losses.CategoricalCrossentropy(label_smoothing=self.recipe.label_smoothing,
                                                                   reduction=None)
         self.concurrent_chunks = _cores()
+        self.chunk_images = None if native.visible_gpus() else CHUNK_IMAGES  # None: the whole batch
         # One signature with an open batch size: the last, smaller batch does not retrace.
         signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.uint8), tf.TensorSpec((None,), tf.int32)]
         self.train_step = tf.function(self._train_step, input_signature=signature)
@@ -91,10 +94,11 @@ class Steps:
         (`chunk` a slice), up to one chunk per core at once; what is carried at the end."""
         import tensorflow as tf
 
-        chunks = (tf.shape(images)[0] + CHUNK_IMAGES - 1) // CHUNK_IMAGES
+        size = self.chunk_images or tf.maximum(tf.shape(images)[0], 1)
+        chunks = (tf.shape(images)[0] + size - 1) // size
 
         def step(index, carried):
-            chunk = slice(index * CHUNK_IMAGES, (index + 1) * CHUNK_IMAGES)
+            chunk = slice(index * size, (index + 1) * size)
             return index + 1, chunk_step(index, chunk, carried)
 
         _, carried = tf.while_loop(lambda index, _: index < chunks, step, (tf.constant(0), carried),

@@ -15,7 +15,9 @@ headers, into a cache keyed by the TensorFlow build, the compiler and the source
 `XDG_CACHE_HOME` elsewhere where the home folder is read-only), once per machine. Where
 they cannot be built or loaded (no compiler, not the TensorFlow backend, or
 `TOKENLEARNER_NATIVE_KERNELS=0`), these functions run Keras' own ops instead: the same
-results, slower. `describe()` says which, and why.
+results, slower. Where TensorFlow sees a GPU, the model's ops are placed on it and these
+functions run Keras' ops too: a CPU op among them would copy every tensor it reads and
+writes across to the host. `describe()` says which ran, and why.
 """
 
 from __future__ import annotations
@@ -153,6 +155,8 @@ def _load_once() -> Kernels | str:
         return f"they are TensorFlow ops and Keras runs on {keras.backend.backend()}"
     if os.name != "posix":
         return "they are built only on Linux and macOS"
+    if gpus := visible_gpus():
+        return f"not used: TensorFlow places the model on {', '.join(gpus)}"
     import tensorflow as tf
 
     from tokenlearner.limits import demo_mode
@@ -170,6 +174,14 @@ def _load_once() -> Kernels | str:
     with tf.init_scope():  # the first call may come while a model is being traced
         instruction_set = library.tokenlearner_widest_instruction_set().numpy().decode()
     return Kernels(library, instruction_set)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs TensorFlow places ops on (after `tf.config.set_visible_devices`), which
+    decide that the model runs without the CPU kernels and in whole batches."""
+    import tensorflow as tf
+
+    return [device.name for device in tf.config.get_visible_devices("GPU")]
 
 
 def _register_gradients(library) -> None:
