@@ -405,7 +405,7 @@ def test_a_demo_never_compiles_inside_a_request(tmp_path):
     environment = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "empty-cache"), "TOKENLEARNER_DEMO": "1"}
     described = subprocess.run([sys.executable, "-c", "from tokenlearner import native; print(native.describe())"],
                                cwd=REPO, env=environment, capture_output=True, text=True, check=True).stdout
-    assert "Keras' dropout, GELU and LayerNorm (native kernels not built:" in described
+    assert "Keras' dropout, GELU, LayerNorm and attention (native kernels not built:" in described
     assert "build-kernels" in described and not (tmp_path / "empty-cache" / "tokenlearner").exists()
 
 

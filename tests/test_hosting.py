@@ -44,7 +44,7 @@ def test_the_dockerfiles_provisioning_runs_here_on_the_shared_sample(cifar_dir, 
     environment = {**os.environ, "TOKENLEARNER_DEMO": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
     result = tokenlearner_command(*command[3:], env=environment, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "native dropout, GELU and LayerNorm kernels" in result.stdout
+    assert "native dropout, GELU, LayerNorm and attention kernels" in result.stdout
     assert "6 shipped checkpoints load" in result.stdout and "ready:" in result.stdout
     assert list((tmp_path / "cache" / "tokenlearner" / "native").glob("kernels-*.so"))
 

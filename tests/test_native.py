@@ -37,7 +37,7 @@ def test_kernels_are_built_where_a_compiler_is():
     if not _can_compile():
         pytest.skip(f"no compiler, or switched off: the model runs {native.describe()}")
     assert KERNELS is not None, native.describe()
-    assert native.describe() == f"native dropout, GELU and LayerNorm kernels ({KERNELS.instruction_set})"
+    assert native.describe() == f"native dropout, GELU, LayerNorm and attention kernels ({KERNELS.instruction_set})"
 
 
 @pytest.fixture(params=native.INSTRUCTION_SETS)
@@ -130,6 +130,65 @@ def test_layer_norm_is_keras_to_rounding(instruction_set, shape):
         np.testing.assert_allclose(value, reference, rtol=0, atol=1e-6 * max(scale, 1.0), err_msg=name)
 
 
+def _keras_attention(query, key, value, mask, num_heads):
+    """Keras' multi-head attention after its projections: heads moved forward, scaled
+    queries, softmax, the dropout factors, heads moved back."""
+    batch, tokens, width = query.shape
+    key_dim = width // num_heads
+
+    def split(projection):
+        return tf.transpose(tf.reshape(projection, (batch, tokens, num_heads, key_dim)), (0, 2, 1, 3))
+
+    weights = tf.nn.softmax(tf.matmul(split(query) * (1 / np.sqrt(key_dim)), split(key), transpose_b=True))
+    if mask is not None:
+        weights = weights * mask
+    return tf.reshape(tf.transpose(tf.matmul(weights, split(value)), (0, 2, 1, 3)), (batch, tokens, width))
+
+
+@pytest.mark.parametrize("dropping", [True, False], ids=["dropout", "no-dropout"])
+@pytest.mark.parametrize("batch, tokens, num_heads, key_dim", [
+    (3, 64, 4, 128),  # keras.io's blocks before TokenLearner: read and written in place
+    (2, 8, 4, 128),  # after TokenLearner
+    (2, 65, 3, 33),  # padded rows and columns
+    (2, 5, 2, 7),
+    (1, 130, 1, 16),
+])
+def test_attention_is_keras_to_rounding(instruction_set, batch, tokens, num_heads, key_dim, dropping):
+    rng = np.random.default_rng(tokens)
+    query, key, value, upstream = (tf.constant(rng.normal(size=(batch, tokens, num_heads * key_dim)).astype(np.float32))
+                                   for _ in range(4))
+    mask = (tf.constant((rng.random((batch, num_heads, tokens, tokens)) >= 0.1) / np.float32(0.9), tf.float32)
+            if dropping else None)
+    with tf.GradientTape() as tape:
+        tape.watch([query, key, value])
+        expected = _keras_attention(query, key, value, mask, num_heads)
+    expected_gradients = tape.gradient(expected, [query, key, value], upstream)
+    factors = mask if dropping else tf.zeros((0,))
+    scale = float(1 / np.sqrt(key_dim))
+    attended, weights = KERNELS.library.tokenlearner_attention(query, key, value, factors, num_heads=num_heads,
+                                                                scale=scale, instruction_set=instruction_set)
+    gradients = KERNELS.library.tokenlearner_attention_grad(upstream, query, key, value, factors, weights,
+                                                            num_heads=num_heads, scale=scale,
+                                                            instruction_set=instruction_set)
+    for name, ours, reference in zip(["attended", "d_query", "d_key", "d_value"], [attended, *gradients],
+                                     [expected, *expected_gradients]):
+        largest = float(tf.reduce_max(tf.abs(reference)))
+        np.testing.assert_allclose(ours, reference, rtol=0, atol=3e-6 * largest, err_msg=name)
+
+
+@needs_kernels
+@pytest.mark.parametrize("mask_shape, message", [
+    ((2, 4, 8, 7), "mask must be \\(batch, num_heads, tokens, tokens\\) or empty"),
+    ((1,), "mask must be"),
+])
+def test_attention_refuses_a_mask_of_another_shape(mask_shape, message):
+    x = tf.zeros((2, 8, 4 * 16))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        KERNELS.library.tokenlearner_attention(x, x, x, tf.zeros(mask_shape), num_heads=4, scale=0.25)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="num_heads x key_dim"):
+        KERNELS.library.tokenlearner_attention(x, x, x, tf.zeros((0,)), num_heads=5, scale=0.25)
+
+
 def test_layer_normalization_layer():
     """Keras' layer's weights and outputs; over another axis it is Keras' own code."""
     x = tf.constant(np.random.default_rng(4).normal(size=(2, 6, 8)).astype(np.float32))
@@ -215,12 +274,12 @@ def test_the_model_runs_the_cpu_kernels_only_where_tensorflow_sees_no_gpu(seen_d
     ops = _op_types(steps.train_step.get_concrete_function())
     kernels = {"TokenlearnerDropoutMask", "TokenlearnerGelu", "TokenlearnerLayerNorm"}
     if seen_devices == "a GPU":
-        assert native.describe() == ("Keras' dropout, GELU and LayerNorm (native kernels not used: TensorFlow "
+        assert native.describe() == ("Keras' dropout, GELU, LayerNorm and attention (native kernels not used: TensorFlow "
                                      "places the model on /physical_device:GPU:0)")
         assert not ops & kernels
         assert steps.chunk_images is None
     else:
-        assert native.describe().startswith("native dropout, GELU and LayerNorm kernels")
+        assert native.describe().startswith("native dropout, GELU, LayerNorm and attention kernels")
         assert kernels <= ops
         assert steps.chunk_images == CHUNK_IMAGES
 
@@ -254,7 +313,7 @@ def test_without_kernels_the_model_runs_keras_ops(tmp_path, setting, reason):
                             env=environment, cwd=Path(__file__).parents[1])
     assert result.returncode == 0, result.stderr
     description, loaded, shapes = result.stdout.splitlines()[:3]
-    assert description.startswith(f"Keras' dropout, GELU and LayerNorm (native kernels {reason}"), description
+    assert description.startswith(f"Keras' dropout, GELU, LayerNorm and attention (native kernels {reason}"), description
     assert (loaded, shapes) == ("None", "(2, 4) (2, 4)")
 
 

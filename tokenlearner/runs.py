@@ -2,7 +2,7 @@
 loaded later. Shipped checkpoints use the same layout, so one loader serves both.
 
     config.json     model config, training config, data source and size, package versions,
-                    which dropout, GELU and LayerNorm kernels ran
+                    which dropout, GELU, LayerNorm and attention kernels ran
     status.json     running | finished | stopped | failed (with the error), pid, times
     progress.json   the latest step: epoch, step, images/s, ETA (rewritten every few seconds)
     metrics.jsonl   one JSON line per finished epoch

@@ -1,8 +1,7 @@
-import math
-
 import keras
 from keras import layers, ops
 
+from tokenlearner import native
 from tokenlearner.layers.dropout import Dropout
 
 
@@ -37,25 +36,15 @@ class MultiHeadSelfAttention(layers.Layer):
         self.attention_dropout = Dropout(self.dropout, name="attention_dropout")
 
     def call(self, x, training=False):
-        tokens = x.shape[1]
-
-        def split_heads(projection):  # (B, T, heads * key_dim) -> (B, heads, T, key_dim)
-            return ops.transpose(ops.reshape(projection, (-1, tokens, self.num_heads, self.key_dim)), (0, 2, 1, 3))
-
         # The fused kernel is split, not its (B, T, 3 * heads * key_dim) output: three matmuls
         # on the kernel's thirds cost less than copying the output's thirds apart and
         # concatenating their gradients (docs/performance.md, "The attention from the fused kernel's thirds").
         query, key, value = (
-            split_heads(ops.add(ops.matmul(x, kernel), bias))
+            ops.add(ops.matmul(x, kernel), bias)
             for kernel, bias in zip(ops.split(self.qkv.kernel, 3, axis=-1), ops.split(self.qkv.bias, 3, axis=-1))
         )
-        query = query * (1.0 / math.sqrt(self.key_dim))
-        scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))  # (B, heads, T, T)
-        weights = self.attention_dropout(ops.softmax(scores, axis=-1), training=training)
-        attended = ops.matmul(weights, value)  # (B, heads, T, key_dim)
-        attended = ops.reshape(
-            ops.transpose(attended, (0, 2, 1, 3)), (-1, tokens, self.num_heads * self.key_dim)
-        )
+        seeds = self.attention_dropout.seed_generator if self.dropout > 0 else None  # Keras makes none for rate 0
+        attended = native.self_attention(query, key, value, self.num_heads, self.dropout, seeds, training)
         return self.output_projection(attended)
 
     def compute_output_shape(self, input_shape):

@@ -1,4 +1,4 @@
-// Three fused CPU kernels for training the mini ViT through TensorFlow, built by
+// Fused CPU kernels for training the mini ViT through TensorFlow, built by
 // tokenlearner/native/__init__.py on first use.
 //
 // TokenlearnerDropoutMask draws the very random numbers that Keras' TensorFlow dropout
@@ -17,6 +17,11 @@
 // (for gamma and beta) are taken per block of rows and then in block order, so they do not
 // depend on how many threads ran.
 //
+// TokenlearnerAttention and TokenlearnerAttentionGrad compute multi-head self-attention
+// after the projections, softmax(scale q k^T), dropout by a given mask, times v, and its
+// gradient, one (image, head) at a time on copies that fit in cache, reading the heads
+// where they lie in the (B, T, heads x key_dim) projections instead of transposing them.
+//
 // Every kernel takes `instruction_set` ("auto", "avx512", "avx2" or "portable"); "auto"
 // picks the widest the CPU has, and the others exist so that tests can check each path.
 
@@ -25,6 +30,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define TOKENLEARNER_X86 1
@@ -422,6 +428,323 @@ inline __attribute__((always_inline)) void LayerNormGradRows(const float* __rest
   }
 }
 
+// ---------------------------------------------------------------- self-attention
+
+// One (image, head) of multi-head self-attention at a time, on copies of its queries, keys
+// and values that fit in cache: the heads are read out of the (B, T, heads x key_dim)
+// projections where they lie, so no transposes, and each of the five matrix products runs
+// through one register-blocked kernel. The copies are zero-padded to whole blocks of the
+// product kernel (rows to 4, columns to 32), so it needs no edge cases.
+
+constexpr int64_t kBlockRows = 4, kBlockColumns = 32;
+
+inline int64_t RoundUp(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// c = alpha (a_scale a) b for a (m x k, element [i][p] at a[i lda + p step], so that a may be a transpose),
+// b (k x n, row stride ldb) and c (m x n, row stride ldc), with m a multiple of kBlockRows
+// and n of kBlockColumns; sums run over k in order. a's elements are broadcast one at a
+// time, so its layout costs nothing; b's rows are read as vectors.
+#ifdef TOKENLEARNER_X86
+__attribute__((target("avx512f,fma"))) void MatMulAvx512(const float* a, int64_t lda, int64_t step, const float* b,
+                                                         int64_t ldb, float* c, int64_t ldc, int64_t m, int64_t n,
+                                                         int64_t k, float a_scale, float alpha) {
+  for (int64_t i = 0; i < m; i += kBlockRows) {
+    for (int64_t j = 0; j < n; j += kBlockColumns) {
+      __m512 sums[kBlockRows][2];
+      for (auto& row : sums) row[0] = row[1] = _mm512_setzero_ps();
+      const float* column = b + j;
+      const float* rows = a + i * lda;
+      for (int64_t p = 0; p < k; ++p) {
+        const __m512 low = _mm512_loadu_ps(column + p * ldb), high = _mm512_loadu_ps(column + p * ldb + 16);
+#pragma GCC unroll 4
+        for (int64_t r = 0; r < kBlockRows; ++r) {
+          const __m512 factor = _mm512_set1_ps(rows[r * lda + p * step] * a_scale);
+          sums[r][0] = _mm512_fmadd_ps(factor, low, sums[r][0]);
+          sums[r][1] = _mm512_fmadd_ps(factor, high, sums[r][1]);
+        }
+      }
+      const __m512 factor = _mm512_set1_ps(alpha);
+      for (int64_t r = 0; r < kBlockRows; ++r) {
+        _mm512_storeu_ps(c + (i + r) * ldc + j, _mm512_mul_ps(factor, sums[r][0]));
+        _mm512_storeu_ps(c + (i + r) * ldc + j + 16, _mm512_mul_ps(factor, sums[r][1]));
+      }
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) void MatMulAvx2(const float* a, int64_t lda, int64_t step, const float* b,
+                                                    int64_t ldb, float* c, int64_t ldc, int64_t m, int64_t n,
+                                                    int64_t k, float a_scale, float alpha) {
+  for (int64_t i = 0; i < m; i += kBlockRows) {
+    for (int64_t j = 0; j < n; j += 16) {  // 8 accumulators of the 16 registers
+      __m256 sums[kBlockRows][2];
+      for (auto& row : sums) row[0] = row[1] = _mm256_setzero_ps();
+      const float* column = b + j;
+      const float* rows = a + i * lda;
+      for (int64_t p = 0; p < k; ++p) {
+        const __m256 low = _mm256_loadu_ps(column + p * ldb), high = _mm256_loadu_ps(column + p * ldb + 8);
+#pragma GCC unroll 4
+        for (int64_t r = 0; r < kBlockRows; ++r) {
+          const __m256 factor = _mm256_set1_ps(rows[r * lda + p * step] * a_scale);
+          sums[r][0] = _mm256_fmadd_ps(factor, low, sums[r][0]);
+          sums[r][1] = _mm256_fmadd_ps(factor, high, sums[r][1]);
+        }
+      }
+      const __m256 factor = _mm256_set1_ps(alpha);
+      for (int64_t r = 0; r < kBlockRows; ++r) {
+        _mm256_storeu_ps(c + (i + r) * ldc + j, _mm256_mul_ps(factor, sums[r][0]));
+        _mm256_storeu_ps(c + (i + r) * ldc + j + 8, _mm256_mul_ps(factor, sums[r][1]));
+      }
+    }
+  }
+}
+#endif
+
+void MatMulPortable(const float* a, int64_t lda, int64_t step, const float* b, int64_t ldb, float* c, int64_t ldc,
+                    int64_t m, int64_t n, int64_t k, float a_scale, float alpha) {
+  for (int64_t i = 0; i < m; ++i) {
+    float* out = c + i * ldc;
+    std::fill(out, out + n, 0.0f);
+    for (int64_t p = 0; p < k; ++p) {
+      const float factor = a[i * lda + p * step] * a_scale;
+      const float* row = b + p * ldb;
+      for (int64_t j = 0; j < n; ++j) out[j] += factor * row[j];
+    }
+    for (int64_t j = 0; j < n; ++j) out[j] *= alpha;
+  }
+}
+
+using MatMulFunction = void (*)(const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, int64_t,
+                                int64_t, int64_t, float, float);
+
+// Where one (image, head) lies in the (B, T, heads x key_dim) projections and (B, heads, T, T)
+// weights, and the padded sizes of its copies. Where the tokens and key_dim fill whole
+// product blocks (64 tokens and key_dim 128, as in keras.io), the products read the
+// projections and write their gradients in place, and only the keys and values are copied
+// (the gradient's products, which read its other operands row by row, measured faster so).
+struct Head {
+  int64_t tokens, key_dim, width;  // width = heads x key_dim, the projections' row stride
+  int64_t rows, columns, padded_dim;  // tokens rounded up to kBlockRows and to kBlockColumns, key_dim to kBlockColumns
+  bool in_place;  // rows == tokens and padded_dim == key_dim
+  int64_t Offset(int64_t image, int64_t head) const { return image * tokens * width + head * key_dim; }
+  // The scratch one head needs, in floats.
+  int64_t Scratch() const { return 3 * columns * columns + 5 * columns * padded_dim; }
+};
+
+Head MakeHead(int64_t tokens, int64_t key_dim, int64_t heads) {
+  Head head{tokens, key_dim, heads * key_dim, RoundUp(tokens, kBlockRows), RoundUp(tokens, kBlockColumns),
+            RoundUp(key_dim, kBlockColumns), false};
+  head.in_place = head.rows == tokens && head.padded_dim == key_dim;
+  return head;
+}
+
+struct Operand {
+  const float* data;
+  int64_t stride;
+};
+struct Target {
+  float* data;
+  int64_t stride;
+};
+
+// A head's rows of a projection as a product's operand (rows x padded_dim): in place where
+// `in_place` (which needs h.in_place), else copied into `copy` with zeros around.
+inline __attribute__((always_inline)) Operand Rows(const Head& h, const float* from, float* copy, bool in_place) {
+  if (in_place) return {from, h.width};
+  for (int64_t i = 0; i < h.rows; ++i) {
+    float* out = copy + i * h.padded_dim;
+    if (i < h.tokens) {
+      const float* in = from + i * h.width;
+      std::copy(in, in + h.key_dim, out);
+      std::fill(out + h.key_dim, out + h.padded_dim, 0.0f);
+    } else {
+      std::fill(out, out + h.padded_dim, 0.0f);
+    }
+  }
+  return {copy, h.padded_dim};
+}
+
+// Where a product bound for a head's rows of `to` is written: there, or into `scratch` for
+// `WriteBack`.
+inline __attribute__((always_inline)) Target Destination(const Head& h, float* to, float* scratch) {
+  return h.in_place ? Target{to, h.width} : Target{scratch, h.padded_dim};
+}
+
+inline __attribute__((always_inline)) void WriteBack(const Head& h, const Target& product, float* to) {
+  if (h.in_place) return;
+  for (int64_t i = 0; i < h.tokens; ++i) {
+    const float* row = product.data + i * product.stride;
+    std::copy(row, row + h.key_dim, to + i * h.width);
+  }
+}
+
+// to[c][j] = from[j][c] for c < key_dim, j < tokens, zero for tokens <= j < columns. The
+// rows are read whole: reading a column at the projections' stride (a power of two) would
+// keep hitting the same few cache sets.
+inline __attribute__((always_inline)) void CopyTransposed(const Head& h, const float* from, int64_t stride,
+                                                          float* to) {
+  for (int64_t j = 0; j < h.tokens; ++j) {
+    const float* in = from + j * stride;
+    for (int64_t c = 0; c < h.key_dim; ++c) to[c * h.columns + j] = in[c];
+  }
+  for (int64_t c = 0; c < h.key_dim; ++c) std::fill(to + c * h.columns + h.tokens, to + (c + 1) * h.columns, 0.0f);
+}
+
+// Zeroes a square's rows from `tokens` to `rows`, and each row's columns from `tokens` to
+// `rows`, which a product reads where the square or its transpose is its left factor.
+inline __attribute__((always_inline)) void ZeroEdges(const Head& h, float* square) {
+  for (int64_t i = 0; i < h.tokens; ++i) {
+    std::fill(square + i * h.columns + h.tokens, square + i * h.columns + h.rows, 0.0f);
+  }
+  std::fill(square + h.tokens * h.columns, square + h.rows * h.columns, 0.0f);
+}
+
+struct AttentionArgs {
+  const float *query, *key, *value, *mask;  // mask: (B, heads, T, T) factors, or nullptr for no dropout
+  float scale;  // of the queries, 1/sqrt(key_dim)
+  int64_t heads;
+};
+
+// attended = dropout(softmax(scale q k^T)) v for units [begin, end) (unit = image x heads + head);
+// the softmax, before dropout, goes to `weights` for the gradient.
+template <MatMulFunction MatMul>
+inline __attribute__((always_inline)) void AttentionUnits(const Head& h, const AttentionArgs& args, float* attended,
+                                                          float* weights, float* scratch, int64_t begin,
+                                                          int64_t end) {
+  const int64_t square = h.columns * h.columns, tall = h.columns * h.padded_dim;
+  float *query_copy = scratch, *value_copy = query_copy + tall, *key_t = value_copy + tall, *product = key_t + tall,
+        *scores = product + tall, *dropped = scores + square;
+  for (int64_t unit = begin; unit < end; ++unit) {
+    const int64_t image = unit / args.heads, head = unit % args.heads, offset = h.Offset(image, head);
+    // The values are the right factor of their product, read row by row: at the projections'
+    // stride (a power of two) their rows would crowd a few cache sets, so they are copied.
+    const Operand query = Rows(h, args.query + offset, query_copy, h.in_place),
+                  value = Rows(h, args.value + offset, value_copy, false);
+    CopyTransposed(h, args.key + offset, h.width, key_t);
+    MatMul(query.data, query.stride, 1, key_t, h.columns, scores, h.columns, h.rows, h.columns, h.key_dim, args.scale,
+           1.0f);
+    float* unit_weights = weights + unit * h.tokens * h.tokens;
+    const float* unit_mask = args.mask ? args.mask + unit * h.tokens * h.tokens : nullptr;
+    for (int64_t i = 0; i < h.tokens; ++i) {
+      const float* row = scores + i * h.columns;
+      float largest = row[0];
+      for (int64_t j = 1; j < h.tokens; ++j) largest = std::max(largest, row[j]);
+      float* out = unit_weights + i * h.tokens;
+      float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+      for (int64_t j = 0; j < h.tokens; ++j) {
+        out[j] = Exp(row[j] - largest);
+        total += out[j];
+      }
+      const float inverse = 1.0f / total;
+      float* kept = dropped + i * h.columns;
+#pragma omp simd
+      for (int64_t j = 0; j < h.tokens; ++j) out[j] *= inverse;
+      if (unit_mask) {
+#pragma omp simd
+        for (int64_t j = 0; j < h.tokens; ++j) kept[j] = out[j] * unit_mask[i * h.tokens + j];
+      } else {
+        std::copy(out, out + h.tokens, kept);
+      }
+    }
+    ZeroEdges(h, dropped);
+    const Target out = Destination(h, attended + offset, product);
+    MatMul(dropped, h.columns, 1, value.data, value.stride, out.data, out.stride, h.rows, h.padded_dim, h.tokens, 1.0f,
+           1.0f);
+    WriteBack(h, out, attended + offset);
+  }
+}
+
+struct AttentionGradArgs {
+  AttentionArgs forward;
+  const float *d_attended, *weights;
+};
+
+// d_query, d_key and d_value for units [begin, end), from the forward pass's weights.
+template <MatMulFunction MatMul>
+inline __attribute__((always_inline)) void AttentionGradUnits(const Head& h, const AttentionGradArgs& args,
+                                                              float* d_query, float* d_key, float* d_value,
+                                                              float* scratch, int64_t begin, int64_t end) {
+  const int64_t square = h.columns * h.columns, tall = h.columns * h.padded_dim;
+  float *query_copy = scratch, *key_copy = query_copy + tall, *d_out_copy = key_copy + tall,
+        *value_t = d_out_copy + tall, *product = value_t + tall, *dropped = product + tall,
+        *d_dropped = dropped + square, *d_scores = d_dropped + square;
+  const AttentionArgs& in = args.forward;
+  for (int64_t unit = begin; unit < end; ++unit) {
+    const int64_t image = unit / in.heads, head = unit % in.heads, offset = h.Offset(image, head);
+    const Operand query = Rows(h, in.query + offset, query_copy, h.in_place),
+                  key = Rows(h, in.key + offset, key_copy, h.in_place),
+                  d_out = Rows(h, args.d_attended + offset, d_out_copy, h.in_place);
+    CopyTransposed(h, in.value + offset, h.width, value_t);
+    const float* unit_weights = args.weights + unit * h.tokens * h.tokens;
+    const float* unit_mask = in.mask ? in.mask + unit * h.tokens * h.tokens : nullptr;
+    for (int64_t i = 0; i < h.tokens; ++i) {
+      const float* p = unit_weights + i * h.tokens;
+      float* kept = dropped + i * h.columns;
+      if (unit_mask) {
+#pragma omp simd
+        for (int64_t j = 0; j < h.tokens; ++j) kept[j] = p[j] * unit_mask[i * h.tokens + j];
+      } else {
+        std::copy(p, p + h.tokens, kept);
+      }
+    }
+    // d(dropped weights) = d_out v^T, then back through the dropout and the softmax.
+    MatMul(d_out.data, d_out.stride, 1, value_t, h.columns, d_dropped, h.columns, h.rows, h.columns, h.key_dim, 1.0f,
+           1.0f);
+    for (int64_t i = 0; i < h.tokens; ++i) {
+      const float* p = unit_weights + i * h.tokens;
+      float* d_p = d_dropped + i * h.columns;
+      if (unit_mask) {
+#pragma omp simd
+        for (int64_t j = 0; j < h.tokens; ++j) d_p[j] *= unit_mask[i * h.tokens + j];
+      }
+      float along = 0.0f;
+#pragma omp simd reduction(+ : along)
+      for (int64_t j = 0; j < h.tokens; ++j) along += d_p[j] * p[j];
+      float* d_s = d_scores + i * h.columns;
+#pragma omp simd
+      for (int64_t j = 0; j < h.tokens; ++j) d_s[j] = (d_p[j] - along) * p[j];
+    }
+    ZeroEdges(h, dropped);
+    ZeroEdges(h, d_scores);
+    // The transposes of the weights and of the scores' gradient are read in place (step = columns).
+    Target out = Destination(h, d_value + offset, product);
+    MatMul(dropped, 1, h.columns, d_out.data, d_out.stride, out.data, out.stride, h.rows, h.padded_dim, h.tokens, 1.0f,
+           1.0f);
+    WriteBack(h, out, d_value + offset);
+    out = Destination(h, d_query + offset, product);
+    MatMul(d_scores, h.columns, 1, key.data, key.stride, out.data, out.stride, h.rows, h.padded_dim, h.tokens, 1.0f,
+           in.scale);
+    WriteBack(h, out, d_query + offset);
+    out = Destination(h, d_key + offset, product);
+    MatMul(d_scores, 1, h.columns, query.data, query.stride, out.data, out.stride, h.rows, h.padded_dim, h.tokens,
+           1.0f, in.scale);
+    WriteBack(h, out, d_key + offset);
+  }
+}
+
+void Attention(InstructionSet set, const Head& h, const AttentionArgs& args, float* attended, float* weights,
+               float* scratch, int64_t begin, int64_t end) {
+#ifdef TOKENLEARNER_X86
+  if (set == InstructionSet::kAvx512)
+    return RunAvx512<AttentionUnits<MatMulAvx512>>(h, args, attended, weights, scratch, begin, end);
+  if (set == InstructionSet::kAvx2)
+    return RunAvx2<AttentionUnits<MatMulAvx2>>(h, args, attended, weights, scratch, begin, end);
+#endif
+  RunPortable<AttentionUnits<MatMulPortable>>(h, args, attended, weights, scratch, begin, end);
+}
+
+void AttentionGrad(InstructionSet set, const Head& h, const AttentionGradArgs& args, float* d_query, float* d_key,
+                   float* d_value, float* scratch, int64_t begin, int64_t end) {
+#ifdef TOKENLEARNER_X86
+  if (set == InstructionSet::kAvx512)
+    return RunAvx512<AttentionGradUnits<MatMulAvx512>>(h, args, d_query, d_key, d_value, scratch, begin, end);
+  if (set == InstructionSet::kAvx2)
+    return RunAvx2<AttentionGradUnits<MatMulAvx2>>(h, args, d_query, d_key, d_value, scratch, begin, end);
+#endif
+  RunPortable<AttentionGradUnits<MatMulPortable>>(h, args, d_query, d_key, d_value, scratch, begin, end);
+}
+
 // ---------------------------------------------------------------- kernels
 
 // Splits [0, units) over TensorFlow's intra-op threads (one, when training runs one thread
@@ -628,6 +951,99 @@ class LayerNormGradOp : public LayerNormKernel {
   }
 };
 
+// Where TensorFlow's threads run more than one unit each, the scratch is taken once per shard.
+class AttentionKernel : public InstructionSetKernel {
+ public:
+  explicit AttentionKernel(OpKernelConstruction* ctx) : InstructionSetKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_heads", &heads_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("scale", &scale_));
+    OP_REQUIRES(ctx, heads_ > 0, absl::InvalidArgumentError("num_heads must be positive"));
+  }
+
+ protected:
+  // Checks query, key and value (B, T, heads x key_dim) and the mask, (B, heads, T, T) or empty.
+  absl::Status Shapes(const Tensor& query, const Tensor& key, const Tensor& value, const Tensor& mask,
+                      Head* head) const {
+    if (query.dims() != 3 || query.dim_size(2) % heads_ != 0 || query.dim_size(2) == 0 || query.dim_size(1) == 0) {
+      return absl::InvalidArgumentError("query must be (batch, tokens, num_heads x key_dim)");
+    }
+    if (key.shape() != query.shape() || value.shape() != query.shape()) {
+      return absl::InvalidArgumentError("query, key and value must have one shape");
+    }
+    const int64_t batch = query.dim_size(0), tokens = query.dim_size(1);
+    if (mask.NumElements() != 0 && mask.shape() != TensorShape({batch, heads_, tokens, tokens})) {
+      return absl::InvalidArgumentError("mask must be (batch, num_heads, tokens, tokens) or empty");
+    }
+    *head = MakeHead(tokens, query.dim_size(2) / heads_, heads_);
+    return absl::OkStatus();
+  }
+
+  AttentionArgs Args(const Tensor& query, const Tensor& key, const Tensor& value, const Tensor& mask) const {
+    return {query.flat<float>().data(), key.flat<float>().data(), value.flat<float>().data(),
+            mask.NumElements() ? mask.flat<float>().data() : nullptr, scale_, heads_};
+  }
+
+  template <typename Work>
+  void PerUnit(OpKernelContext* ctx, const Head& head, int64_t units, Work work) {
+    Parallel(ctx, units, 8 * head.tokens * head.tokens * head.key_dim, [&](int64_t begin, int64_t end) {
+      std::vector<float> scratch(head.Scratch());
+      work(scratch.data(), begin, end);
+    });
+  }
+
+  int64_t heads_ = 0;
+  float scale_ = 1.0f;
+};
+
+class AttentionOp : public AttentionKernel {
+ public:
+  using AttentionKernel::AttentionKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &query = ctx->input(0), &key = ctx->input(1), &value = ctx->input(2), &mask = ctx->input(3);
+    Head head{};
+    OP_REQUIRES_OK(ctx, Shapes(query, key, value, mask, &head));
+    const int64_t batch = query.dim_size(0);
+    Tensor *attended = nullptr, *weights = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, query.shape(), &attended));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({batch, heads_, head.tokens, head.tokens}), &weights));
+    const AttentionArgs args = Args(query, key, value, mask);
+    float *out = attended->flat<float>().data(), *out_weights = weights->flat<float>().data();
+    const InstructionSet set = set_;
+    PerUnit(ctx, head, batch * heads_, [&](float* scratch, int64_t begin, int64_t end) {
+      Attention(set, head, args, out, out_weights, scratch, begin, end);
+    });
+  }
+};
+
+class AttentionGradOp : public AttentionKernel {
+ public:
+  using AttentionKernel::AttentionKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &d_attended = ctx->input(0), &query = ctx->input(1), &key = ctx->input(2), &value = ctx->input(3),
+                 &mask = ctx->input(4), &weights = ctx->input(5);
+    Head head{};
+    OP_REQUIRES_OK(ctx, Shapes(query, key, value, mask, &head));
+    const int64_t batch = query.dim_size(0);
+    OP_REQUIRES(ctx, d_attended.shape() == query.shape(),
+                absl::InvalidArgumentError("d_attended must have the query's shape"));
+    OP_REQUIRES(ctx, weights.shape() == TensorShape({batch, heads_, head.tokens, head.tokens}),
+                absl::InvalidArgumentError("weights must be (batch, num_heads, tokens, tokens)"));
+    Tensor *d_query = nullptr, *d_key = nullptr, *d_value = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, query.shape(), &d_query));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, query.shape(), &d_key));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, query.shape(), &d_value));
+    const AttentionGradArgs args{Args(query, key, value, mask), d_attended.flat<float>().data(),
+                                 weights.flat<float>().data()};
+    float *dq = d_query->flat<float>().data(), *dk = d_key->flat<float>().data(), *dv = d_value->flat<float>().data();
+    const InstructionSet set = set_;
+    PerUnit(ctx, head, batch * heads_, [&](float* scratch, int64_t begin, int64_t end) {
+      AttentionGrad(set, head, args, dq, dk, dv, scratch, begin, end);
+    });
+  }
+};
+
 class WidestInstructionSetOp : public OpKernel {
  public:
   using OpKernel::OpKernel;
@@ -695,6 +1111,44 @@ REGISTER_OP("TokenlearnerLayerNormGrad")
       return absl::OkStatus();
     });
 
+REGISTER_OP("TokenlearnerAttention")
+    .Input("query: float")
+    .Input("key: float")
+    .Input("value: float")
+    .Input("mask: float")
+    .Attr("num_heads: int")
+    .Attr("scale: float")
+    .Attr("instruction_set: {'auto', 'avx512', 'avx2', 'portable'} = 'auto'")
+    .Output("attended: float")
+    .Output("weights: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      int64_t heads;
+      TF_RETURN_IF_ERROR(c->GetAttr("num_heads", &heads));
+      c->set_output(0, c->input(0));
+      tensorflow::shape_inference::ShapeHandle query;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &query));
+      c->set_output(1, c->MakeShape({c->Dim(query, 0), c->MakeDim(heads), c->Dim(query, 1), c->Dim(query, 1)}));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("TokenlearnerAttentionGrad")
+    .Input("d_attended: float")
+    .Input("query: float")
+    .Input("key: float")
+    .Input("value: float")
+    .Input("mask: float")
+    .Input("weights: float")
+    .Attr("num_heads: int")
+    .Attr("scale: float")
+    .Attr("instruction_set: {'auto', 'avx512', 'avx2', 'portable'} = 'auto'")
+    .Output("d_query: float")
+    .Output("d_key: float")
+    .Output("d_value: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      for (int output = 0; output < 3; ++output) c->set_output(output, c->input(1));
+      return absl::OkStatus();
+    });
+
 REGISTER_OP("TokenlearnerWidestInstructionSet")
     .Output("name: string")
     .SetShapeFn(tensorflow::shape_inference::ScalarShape);
@@ -706,5 +1160,8 @@ REGISTER_KERNEL_BUILDER(Name("TokenlearnerGeluGrad").Device(tensorflow::DEVICE_C
 REGISTER_KERNEL_BUILDER(Name("TokenlearnerLayerNorm").Device(tensorflow::DEVICE_CPU), tokenlearner::LayerNormOp);
 REGISTER_KERNEL_BUILDER(Name("TokenlearnerLayerNormGrad").Device(tensorflow::DEVICE_CPU),
                         tokenlearner::LayerNormGradOp);
+REGISTER_KERNEL_BUILDER(Name("TokenlearnerAttention").Device(tensorflow::DEVICE_CPU), tokenlearner::AttentionOp);
+REGISTER_KERNEL_BUILDER(Name("TokenlearnerAttentionGrad").Device(tensorflow::DEVICE_CPU),
+                        tokenlearner::AttentionGradOp);
 REGISTER_KERNEL_BUILDER(Name("TokenlearnerWidestInstructionSet").Device(tensorflow::DEVICE_CPU),
                         tokenlearner::WidestInstructionSetOp);
