@@ -68,6 +68,12 @@ def test_one_epoch_writes_a_complete_run_that_evaluate_reads(small_cifar, tmp_pa
                 "train_images_per_s", "first_step_s"):
         assert summary[key] is not None, key
     assert summary["params"] == 1_355_850
+    # Every stage before the first step, in order, adding up to it.
+    assert list(summary["startup_s"]) == ["reading the data", "importing TensorFlow and Keras", "splitting the data",
+                                          "loading the kernels", "building the model", "the maps before training",
+                                          "tracing the training step", "the first step"]
+    assert all(seconds >= 0 for seconds in summary["startup_s"].values())
+    assert sum(summary["startup_s"].values()) == pytest.approx(summary["first_step_s"], abs=0.01)
     assert run.map_epochs() == [0, 1]
     probabilities, maps = run.maps(1)
     assert probabilities.shape == (8, 10) and maps["token_learner"].shape == (8, 8, 8, 8)

@@ -161,14 +161,18 @@ def _load_data(data_dir: str | None):
 
 
 def run_train(args: argparse.Namespace) -> None:
-    started = time.time()
+    from tokenlearner.training import Startup
+
+    startup = Startup()
     config, recipe = model_config(args), train_config(args)
     RunDirectory(args.out).require_new()
     data = _load_data(args.data_dir)
+    startup.lap("reading the data")
     import_keras_quietly(one_thread_per_op=True)
     from tokenlearner.training import train
 
-    summary = train(config, recipe, data, args.out, report=TerminalReport(), started=started)
+    startup.lap("importing TensorFlow and Keras")
+    summary = train(config, recipe, data, args.out, report=TerminalReport(), startup=startup)
     if summary["stopped"]:
         saved = (f"the weights of epoch {summary['best_epoch']}, the best so far, are in {args.out}"
                  if summary["best_epoch"] else "no epoch was evaluated, so no weights were saved")

@@ -79,6 +79,24 @@ class StopFlag:
         return self.signalled or self.run.stop_requested()
 
 
+class Startup:
+    """The seconds each stage took from the command's start to the end of the first
+    training step, in order; a run's summary keeps them as `startup_s`."""
+
+    def __init__(self, started: float | None = None):
+        self.started = self.last = time.time() if started is None else started
+        self.stages: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        """The time since the last lap (or the start) was spent on `stage`."""
+        now = time.time()
+        self.stages[stage] = now - self.last
+        self.last = now
+
+    def total(self) -> float:
+        return self.last - self.started
+
+
 def check_data_fits(model_config: ModelConfig, data: Cifar10) -> None:
     """A DataError unless `data` has the image size and the classes `model_config` takes."""
     size = data.test_images.shape[1]
@@ -91,20 +109,23 @@ def check_data_fits(model_config: ModelConfig, data: Cifar10) -> None:
 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, run_dir: str | Path,
-          report: Report = _quiet, started: float | None = None) -> dict:
+          report: Report = _quiet, startup: Startup | None = None) -> dict:
     """Train `model_config` on `data` with `train_config`, writing the run directory
     `run_dir` (which must not exist or be empty) as it goes; returns the final summary.
 
-    `started` is when the caller started (for the reported first-step latency); `report`
-    receives one-line progress messages. Data the model cannot take, or cannot split as
-    asked, raises a DataError before anything is written."""
-    started = time.time() if started is None else started
+    `startup` holds the caller's stages so far (reading the data, imports), to which the
+    stages up to the first step are added; `report` receives one-line progress messages.
+    Data the model cannot take, or cannot split as asked, raises a DataError before
+    anything is written."""
+    startup = startup or Startup()
     check_data_fits(model_config, data)
     parts = split(data, train_config.validation_fraction, train_config.seed, train_config.limit or None,
                   train_config.eval_limit or None)
     test_images = data.test_images[: train_config.eval_limit or None]
     test_labels = data.test_labels[: train_config.eval_limit or None]
+    startup.lap("splitting the data")
     kernels = native.describe()
+    startup.lap("loading the kernels")
     report(f"model runs {kernels}", False)
     run = RunDirectory(run_dir).create({
         "model": model_config.to_dict(),
@@ -119,7 +140,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, r
     try:
         with StopFlag(run) as stop:
             summary = _train(model_config, train_config, parts, (test_images, test_labels), run, stop, report,
-                             started)
+                             startup)
     except BaseException as error:
         run.set_status("failed", error=f"{type(error).__name__}: {error}")
         raise
@@ -128,7 +149,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, r
 
 
 def _train(model_config: ModelConfig, train_config: TrainConfig, parts: Split, test: tuple[np.ndarray, np.ndarray],
-           run: RunDirectory, stop: StopFlag, report: Report, started: float) -> dict:
+           run: RunDirectory, stop: StopFlag, report: Report, startup: Startup) -> dict:
     """The loop of `train`: epochs of steps, a validation pass and the maps after each, the
     best weights kept and saved, the test pass with them; returns the summary."""
     import keras
@@ -141,10 +162,14 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, parts: Split, t
     optimizer = make_optimizer(train_config, steps_per_epoch)
     steps = Steps(model, optimizer, model_config.num_classes, train_config)
     cost = count(model_config)
+    startup.lap("building the model")
 
     map_images = parts.val_images[:MAP_IMAGES]
     run.write_map_images(parts.val_index[:MAP_IMAGES].tolist(), parts.val_labels[:MAP_IMAGES].tolist())
     run.write_maps(0, *predict_with_maps(model, map_images))
+    startup.lap("the maps before training")
+    steps.train_step.get_concrete_function()  # traced here, only to time it apart from its first call
+    startup.lap("tracing the training step")
 
     shuffle = np.random.default_rng(train_config.seed)
     total_steps = train_config.epochs * steps_per_epoch
@@ -167,7 +192,8 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, parts: Split, t
             seen += len(index)
             now = time.time()
             if first_step_s is None:
-                first_step_s = now - started
+                startup.lap("the first step")
+                first_step_s = startup.total()
             else:
                 step_seconds += now - step_start
                 timed_images += len(index)
@@ -206,7 +232,7 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, parts: Split, t
         "epochs_completed": sum(epoch["complete"] for epoch in run.epochs()), "best_epoch": best_epoch or None,
         "best_val_top1": float(best_top1) if best_epoch else None,
         "train_seconds": train_seconds, "train_images_per_s": timed_images / step_seconds if step_seconds else None,
-        "first_step_s": first_step_s, "stopped": stopped, "test_top1": None, "test_top5": None, "test_loss": None,
+        "first_step_s": first_step_s, "startup_s": startup.stages if first_step_s else None, "stopped": stopped, "test_top1": None, "test_top5": None, "test_loss": None,
         "test_images": len(test[1]),
     }
     if best_weights is not None and not stopped:
