@@ -1,6 +1,6 @@
 """Fused CPU kernels for the model's dropout, GELU, LayerNorm and self-attention on
-TensorFlow (`kernels.cc` beside this file), which make the training step about 1.35 times
-faster (docs/performance.md).
+TensorFlow (`kernels.cc` beside this file), which make the training step faster
+(docs/performance.md).
 
 - `dropout` draws the very masks Keras' dropout draws (the same Philox numbers from the same
   seed), in one vectorised pass instead of TensorFlow's generator and three more passes.
