@@ -52,7 +52,9 @@ def check_every_file_parses(run: RunDirectory):
 
 def test_one_epoch_writes_a_complete_run_that_evaluate_reads(small_cifar, tmp_path):
     flags = ["--epochs", "1", "--batch-size", "64", "--tokens", "8", "--seed", "7"]
+    launched = time.time()
     result = tokenlearner_command("train", "--out", str(tmp_path / "run"), "--data-dir", str(small_cifar), *flags)
+    command_s = time.time() - launched
     assert result.returncode == 0, result.stderr
     run = RunDirectory(tmp_path / "run")
     check_every_file_parses(run)
@@ -73,7 +75,8 @@ def test_one_epoch_writes_a_complete_run_that_evaluate_reads(small_cifar, tmp_pa
                                           "loading the kernels", "building the model", "the maps before training",
                                           "tracing the training step", "the first step"]
     assert all(seconds >= 0 for seconds in summary["startup_s"].values())
-    assert sum(summary["startup_s"].values()) == pytest.approx(summary["first_step_s"], abs=0.01)
+    assert summary["startup_s"]["tracing the training step"] > 0 and summary["startup_s"]["the first step"] > 0
+    assert summary["first_step_s"] < command_s  # the clock starts inside the command
     assert run.map_epochs() == [0, 1]
     probabilities, maps = run.maps(1)
     assert probabilities.shape == (8, 10) and maps["token_learner"].shape == (8, 8, 8, 8)

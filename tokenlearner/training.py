@@ -83,8 +83,8 @@ class Startup:
     """The seconds each stage took from the command's start to the end of the first
     training step, in order; a run's summary keeps them as `startup_s`."""
 
-    def __init__(self, started: float | None = None):
-        self.started = self.last = time.time() if started is None else started
+    def __init__(self):
+        self.last = time.time()
         self.stages: dict[str, float] = {}
 
     def lap(self, stage: str) -> None:
@@ -92,9 +92,6 @@ class Startup:
         now = time.time()
         self.stages[stage] = now - self.last
         self.last = now
-
-    def total(self) -> float:
-        return self.last - self.started
 
 
 def check_data_fits(model_config: ModelConfig, data: Cifar10) -> None:
@@ -193,7 +190,7 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, parts: Split, t
             now = time.time()
             if first_step_s is None:
                 startup.lap("the first step")
-                first_step_s = startup.total()
+                first_step_s = sum(startup.stages.values())
             else:
                 step_seconds += now - step_start
                 timed_images += len(index)
@@ -232,8 +229,8 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, parts: Split, t
         "epochs_completed": sum(epoch["complete"] for epoch in run.epochs()), "best_epoch": best_epoch or None,
         "best_val_top1": float(best_top1) if best_epoch else None,
         "train_seconds": train_seconds, "train_images_per_s": timed_images / step_seconds if step_seconds else None,
-        "first_step_s": first_step_s, "startup_s": startup.stages if first_step_s else None, "stopped": stopped, "test_top1": None, "test_top5": None, "test_loss": None,
-        "test_images": len(test[1]),
+        "first_step_s": first_step_s, "startup_s": startup.stages if first_step_s else None, "stopped": stopped,
+        "test_top1": None, "test_top5": None, "test_loss": None, "test_images": len(test[1]),
     }
     if best_weights is not None and not stopped:
         model.set_weights(best_weights)
