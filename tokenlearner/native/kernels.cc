@@ -440,43 +440,55 @@ constexpr int64_t kBlockRows = 4, kBlockColumns = 32;
 
 inline int64_t RoundUp(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
-// c = alpha (a_scale a) b for a (m x k, element [i][p] at a[i lda + p step], so that a may be a transpose),
-// b (k x n, row stride ldb) and c (m x n, row stride ldc), with m a multiple of kBlockRows
-// and n of kBlockColumns; sums run over k in order. a's elements are broadcast one at a
-// time, so its layout costs nothing; b's rows are read as vectors.
+// c = alpha a b for a (m x k, element [i][p] at a[i lda + p step], so that a may be a
+// transpose), b (k x n, row stride ldb) and c (m x n, row stride ldc), with m a multiple of
+// kBlockRows and n of kBlockColumns; sums run over k in order. a's elements are broadcast
+// one at a time, so its layout costs nothing; b's rows are read as vectors. c is computed
+// one panel of kBlockColumns columns at a time, so that b's panel stays in L1 while every
+// row of a passes it, in blocks of 8 rows where they fit (16 accumulators of the 32
+// AVX-512 registers: b is loaded once per 16 multiply-adds) and of 4 for the rest.
 #ifdef TOKENLEARNER_X86
-__attribute__((target("avx512f,fma"))) void MatMulAvx512(const float* a, int64_t lda, int64_t step, const float* b,
-                                                         int64_t ldb, float* c, int64_t ldc, int64_t m, int64_t n,
-                                                         int64_t k, float a_scale, float alpha) {
-  for (int64_t i = 0; i < m; i += kBlockRows) {
-    for (int64_t j = 0; j < n; j += kBlockColumns) {
-      __m512 sums[kBlockRows][2];
-      for (auto& row : sums) row[0] = row[1] = _mm512_setzero_ps();
-      const float* column = b + j;
-      const float* rows = a + i * lda;
-      for (int64_t p = 0; p < k; ++p) {
-        const __m512 low = _mm512_loadu_ps(column + p * ldb), high = _mm512_loadu_ps(column + p * ldb + 16);
-#pragma GCC unroll 4
-        for (int64_t r = 0; r < kBlockRows; ++r) {
-          const __m512 factor = _mm512_set1_ps(rows[r * lda + p * step] * a_scale);
-          sums[r][0] = _mm512_fmadd_ps(factor, low, sums[r][0]);
-          sums[r][1] = _mm512_fmadd_ps(factor, high, sums[r][1]);
-        }
-      }
-      const __m512 factor = _mm512_set1_ps(alpha);
-      for (int64_t r = 0; r < kBlockRows; ++r) {
-        _mm512_storeu_ps(c + (i + r) * ldc + j, _mm512_mul_ps(factor, sums[r][0]));
-        _mm512_storeu_ps(c + (i + r) * ldc + j + 16, _mm512_mul_ps(factor, sums[r][1]));
-      }
+template <int Rows>
+__attribute__((target("avx512f,fma"))) inline __attribute__((always_inline)) void BlockAvx512(
+    const float* a, int64_t lda, int64_t step, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t k,
+    float alpha) {
+  __m512 sums[Rows][2];
+  for (auto& row : sums) row[0] = row[1] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < k; ++p) {
+    const __m512 low = _mm512_loadu_ps(b + p * ldb), high = _mm512_loadu_ps(b + p * ldb + 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < Rows; ++r) {
+      const __m512 factor = _mm512_set1_ps(a[r * lda + p * step]);
+      sums[r][0] = _mm512_fmadd_ps(factor, low, sums[r][0]);
+      sums[r][1] = _mm512_fmadd_ps(factor, high, sums[r][1]);
     }
+  }
+  const __m512 factor = _mm512_set1_ps(alpha);
+#pragma GCC unroll 8
+  for (int r = 0; r < Rows; ++r) {
+    _mm512_storeu_ps(c + r * ldc, _mm512_mul_ps(factor, sums[r][0]));
+    _mm512_storeu_ps(c + r * ldc + 16, _mm512_mul_ps(factor, sums[r][1]));
   }
 }
 
+__attribute__((target("avx512f,fma"))) void MatMulAvx512(const float* a, int64_t lda, int64_t step, const float* b,
+                                                         int64_t ldb, float* c, int64_t ldc, int64_t m, int64_t n,
+                                                         int64_t k, float alpha) {
+  for (int64_t j = 0; j < n; j += kBlockColumns) {
+    int64_t i = 0;
+    for (; i + 2 * kBlockRows <= m; i += 2 * kBlockRows) {
+      BlockAvx512<2 * kBlockRows>(a + i * lda, lda, step, b + j, ldb, c + i * ldc + j, ldc, k, alpha);
+    }
+    if (i < m) BlockAvx512<kBlockRows>(a + i * lda, lda, step, b + j, ldb, c + i * ldc + j, ldc, k, alpha);
+  }
+}
+
+// The same with AVX2: blocks of 4 rows by 16 columns (8 accumulators of the 16 registers).
 __attribute__((target("avx2,fma"))) void MatMulAvx2(const float* a, int64_t lda, int64_t step, const float* b,
                                                     int64_t ldb, float* c, int64_t ldc, int64_t m, int64_t n,
-                                                    int64_t k, float a_scale, float alpha) {
-  for (int64_t i = 0; i < m; i += kBlockRows) {
-    for (int64_t j = 0; j < n; j += 16) {  // 8 accumulators of the 16 registers
+                                                    int64_t k, float alpha) {
+  for (int64_t j = 0; j < n; j += 16) {
+    for (int64_t i = 0; i < m; i += kBlockRows) {
       __m256 sums[kBlockRows][2];
       for (auto& row : sums) row[0] = row[1] = _mm256_setzero_ps();
       const float* column = b + j;
@@ -485,7 +497,7 @@ __attribute__((target("avx2,fma"))) void MatMulAvx2(const float* a, int64_t lda,
         const __m256 low = _mm256_loadu_ps(column + p * ldb), high = _mm256_loadu_ps(column + p * ldb + 8);
 #pragma GCC unroll 4
         for (int64_t r = 0; r < kBlockRows; ++r) {
-          const __m256 factor = _mm256_set1_ps(rows[r * lda + p * step] * a_scale);
+          const __m256 factor = _mm256_set1_ps(rows[r * lda + p * step]);
           sums[r][0] = _mm256_fmadd_ps(factor, low, sums[r][0]);
           sums[r][1] = _mm256_fmadd_ps(factor, high, sums[r][1]);
         }
@@ -501,12 +513,12 @@ __attribute__((target("avx2,fma"))) void MatMulAvx2(const float* a, int64_t lda,
 #endif
 
 void MatMulPortable(const float* a, int64_t lda, int64_t step, const float* b, int64_t ldb, float* c, int64_t ldc,
-                    int64_t m, int64_t n, int64_t k, float a_scale, float alpha) {
+                    int64_t m, int64_t n, int64_t k, float alpha) {
   for (int64_t i = 0; i < m; ++i) {
     float* out = c + i * ldc;
     std::fill(out, out + n, 0.0f);
     for (int64_t p = 0; p < k; ++p) {
-      const float factor = a[i * lda + p * step] * a_scale;
+      const float factor = a[i * lda + p * step];
       const float* row = b + p * ldb;
       for (int64_t j = 0; j < n; ++j) out[j] += factor * row[j];
     }
@@ -515,25 +527,34 @@ void MatMulPortable(const float* a, int64_t lda, int64_t step, const float* b, i
 }
 
 using MatMulFunction = void (*)(const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, int64_t,
-                                int64_t, int64_t, float, float);
+                                int64_t, int64_t, float);
+
+// A product's right factor is read a panel of rows at a time, and at a power-of-two row
+// stride (the projections' 2 KB, or 64 or 128 floats) those rows fall into a few of L1's
+// sets and evict each other. Every right factor is therefore a copy whose rows are one
+// cache line longer than they need to be.
+constexpr int64_t kSkew = 16;
 
 // Where one (image, head) lies in the (B, T, heads x key_dim) projections and (B, heads, T, T)
 // weights, and the padded sizes of its copies. Where the tokens and key_dim fill whole
-// product blocks (64 tokens and key_dim 128, as in keras.io), the products read the
-// projections and write their gradients in place, and only the keys and values are copied
-// (the gradient's products, which read its other operands row by row, measured faster so).
+// product blocks (64 tokens and key_dim 128, as in keras.io), the products read their left
+// factors in the projections and write their results there in place.
 struct Head {
   int64_t tokens, key_dim, width;  // width = heads x key_dim, the projections' row stride
   int64_t rows, columns, padded_dim;  // tokens rounded up to kBlockRows and to kBlockColumns, key_dim to kBlockColumns
+  int64_t copy_stride, transposed_stride;  // of the copies (padded_dim + kSkew) and transposed copies (columns + kSkew)
   bool in_place;  // rows == tokens and padded_dim == key_dim
   int64_t Offset(int64_t image, int64_t head) const { return image * tokens * width + head * key_dim; }
+  // Floats in a copy or a transposed copy (the larger).
+  int64_t Tall() const { return std::max(columns * copy_stride, padded_dim * transposed_stride); }
   // The scratch one head needs, in floats.
-  int64_t Scratch() const { return 3 * columns * columns + 5 * columns * padded_dim; }
+  int64_t Scratch() const { return 3 * columns * columns + 5 * Tall(); }
 };
 
 Head MakeHead(int64_t tokens, int64_t key_dim, int64_t heads) {
-  Head head{tokens, key_dim, heads * key_dim, RoundUp(tokens, kBlockRows), RoundUp(tokens, kBlockColumns),
-            RoundUp(key_dim, kBlockColumns), false};
+  const int64_t columns = RoundUp(tokens, kBlockColumns), padded_dim = RoundUp(key_dim, kBlockColumns);
+  Head head{tokens, key_dim, heads * key_dim, RoundUp(tokens, kBlockRows), columns, padded_dim,
+            padded_dim + kSkew, columns + kSkew, false};
   head.in_place = head.rows == tokens && head.padded_dim == key_dim;
   return head;
 }
@@ -547,21 +568,21 @@ struct Target {
   int64_t stride;
 };
 
-// A head's rows of a projection as a product's operand (rows x padded_dim): in place where
-// `in_place` (which needs h.in_place), else copied into `copy` with zeros around.
-inline __attribute__((always_inline)) Operand Rows(const Head& h, const float* from, float* copy, bool in_place) {
-  if (in_place) return {from, h.width};
+// A head's rows of a projection, times `scale`, copied into `copy` with zeros around, as a
+// product's operand (rows x padded_dim, row stride copy_stride).
+inline __attribute__((always_inline)) Operand Rows(const Head& h, const float* from, float* copy, float scale = 1.0f) {
   for (int64_t i = 0; i < h.rows; ++i) {
-    float* out = copy + i * h.padded_dim;
+    float* out = copy + i * h.copy_stride;
     if (i < h.tokens) {
       const float* in = from + i * h.width;
-      std::copy(in, in + h.key_dim, out);
+#pragma omp simd
+      for (int64_t c = 0; c < h.key_dim; ++c) out[c] = in[c] * scale;
       std::fill(out + h.key_dim, out + h.padded_dim, 0.0f);
     } else {
       std::fill(out, out + h.padded_dim, 0.0f);
     }
   }
-  return {copy, h.padded_dim};
+  return {copy, h.copy_stride};
 }
 
 // Where a product bound for a head's rows of `to` is written: there, or into `scratch` for
@@ -578,16 +599,19 @@ inline __attribute__((always_inline)) void WriteBack(const Head& h, const Target
   }
 }
 
-// to[c][j] = from[j][c] for c < key_dim, j < tokens, zero for tokens <= j < columns. The
+// to[c][j] = from[j][c] (row stride transposed_stride) for c < key_dim, j < tokens, zero
+// for tokens <= j < columns. The
 // rows are read whole: reading a column at the projections' stride (a power of two) would
 // keep hitting the same few cache sets.
 inline __attribute__((always_inline)) void CopyTransposed(const Head& h, const float* from, int64_t stride,
                                                           float* to) {
   for (int64_t j = 0; j < h.tokens; ++j) {
     const float* in = from + j * stride;
-    for (int64_t c = 0; c < h.key_dim; ++c) to[c * h.columns + j] = in[c];
+    for (int64_t c = 0; c < h.key_dim; ++c) to[c * h.transposed_stride + j] = in[c];
   }
-  for (int64_t c = 0; c < h.key_dim; ++c) std::fill(to + c * h.columns + h.tokens, to + (c + 1) * h.columns, 0.0f);
+  for (int64_t c = 0; c < h.key_dim; ++c) {
+    std::fill(to + c * h.transposed_stride + h.tokens, to + c * h.transposed_stride + h.columns, 0.0f);
+  }
 }
 
 // Zeroes a square's rows from `tokens` to `rows`, and each row's columns from `tokens` to
@@ -611,23 +635,22 @@ template <MatMulFunction MatMul>
 inline __attribute__((always_inline)) void AttentionUnits(const Head& h, const AttentionArgs& args, float* attended,
                                                           float* weights, float* scratch, int64_t begin,
                                                           int64_t end) {
-  const int64_t square = h.columns * h.columns, tall = h.columns * h.padded_dim;
+  const int64_t square = h.columns * h.columns, tall = h.Tall();
   float *query_copy = scratch, *value_copy = query_copy + tall, *key_t = value_copy + tall, *product = key_t + tall,
         *scores = product + tall, *dropped = scores + square;
   for (int64_t unit = begin; unit < end; ++unit) {
     const int64_t image = unit / args.heads, head = unit % args.heads, offset = h.Offset(image, head);
-    // The values are the right factor of their product, read row by row: at the projections'
-    // stride (a power of two) their rows would crowd a few cache sets, so they are copied.
-    const Operand query = Rows(h, args.query + offset, query_copy, h.in_place),
-                  value = Rows(h, args.value + offset, value_copy, false);
+    // The queries are scaled before their product, as Keras scales them, for the same rounding.
+    const Operand query = Rows(h, args.query + offset, query_copy, args.scale),
+                  value = Rows(h, args.value + offset, value_copy);
     CopyTransposed(h, args.key + offset, h.width, key_t);
-    MatMul(query.data, query.stride, 1, key_t, h.columns, scores, h.columns, h.rows, h.columns, h.key_dim, args.scale,
-           1.0f);
+    MatMul(query.data, query.stride, 1, key_t, h.transposed_stride, scores, h.columns, h.rows, h.columns, h.key_dim, 1.0f);
     float* unit_weights = weights + unit * h.tokens * h.tokens;
     const float* unit_mask = args.mask ? args.mask + unit * h.tokens * h.tokens : nullptr;
     for (int64_t i = 0; i < h.tokens; ++i) {
       const float* row = scores + i * h.columns;
       float largest = row[0];
+#pragma omp simd reduction(max : largest)
       for (int64_t j = 1; j < h.tokens; ++j) largest = std::max(largest, row[j]);
       float* out = unit_weights + i * h.tokens;
       float total = 0.0f;
@@ -649,8 +672,7 @@ inline __attribute__((always_inline)) void AttentionUnits(const Head& h, const A
     }
     ZeroEdges(h, dropped);
     const Target out = Destination(h, attended + offset, product);
-    MatMul(dropped, h.columns, 1, value.data, value.stride, out.data, out.stride, h.rows, h.padded_dim, h.tokens, 1.0f,
-           1.0f);
+    MatMul(dropped, h.columns, 1, value.data, value.stride, out.data, out.stride, h.rows, h.padded_dim, h.tokens, 1.0f);
     WriteBack(h, out, attended + offset);
   }
 }
@@ -665,16 +687,16 @@ template <MatMulFunction MatMul>
 inline __attribute__((always_inline)) void AttentionGradUnits(const Head& h, const AttentionGradArgs& args,
                                                               float* d_query, float* d_key, float* d_value,
                                                               float* scratch, int64_t begin, int64_t end) {
-  const int64_t square = h.columns * h.columns, tall = h.columns * h.padded_dim;
+  const int64_t square = h.columns * h.columns, tall = h.Tall();
   float *query_copy = scratch, *key_copy = query_copy + tall, *d_out_copy = key_copy + tall,
         *value_t = d_out_copy + tall, *product = value_t + tall, *dropped = product + tall,
         *d_dropped = dropped + square, *d_scores = d_dropped + square;
   const AttentionArgs& in = args.forward;
   for (int64_t unit = begin; unit < end; ++unit) {
     const int64_t image = unit / in.heads, head = unit % in.heads, offset = h.Offset(image, head);
-    const Operand query = Rows(h, in.query + offset, query_copy, h.in_place),
-                  key = Rows(h, in.key + offset, key_copy, h.in_place),
-                  d_out = Rows(h, args.d_attended + offset, d_out_copy, h.in_place);
+    // The keys' gradient is the scores' gradient times the scaled queries, as in Keras.
+    const Operand query = Rows(h, in.query + offset, query_copy, in.scale), key = Rows(h, in.key + offset, key_copy),
+                  d_out = Rows(h, args.d_attended + offset, d_out_copy);
     CopyTransposed(h, in.value + offset, h.width, value_t);
     const float* unit_weights = args.weights + unit * h.tokens * h.tokens;
     const float* unit_mask = in.mask ? in.mask + unit * h.tokens * h.tokens : nullptr;
@@ -689,7 +711,7 @@ inline __attribute__((always_inline)) void AttentionGradUnits(const Head& h, con
       }
     }
     // d(dropped weights) = d_out v^T, then back through the dropout and the softmax.
-    MatMul(d_out.data, d_out.stride, 1, value_t, h.columns, d_dropped, h.columns, h.rows, h.columns, h.key_dim, 1.0f,
+    MatMul(d_out.data, d_out.stride, 1, value_t, h.transposed_stride, d_dropped, h.columns, h.rows, h.columns, h.key_dim,
            1.0f);
     for (int64_t i = 0; i < h.tokens; ++i) {
       const float* p = unit_weights + i * h.tokens;
@@ -709,16 +731,13 @@ inline __attribute__((always_inline)) void AttentionGradUnits(const Head& h, con
     ZeroEdges(h, d_scores);
     // The transposes of the weights and of the scores' gradient are read in place (step = columns).
     Target out = Destination(h, d_value + offset, product);
-    MatMul(dropped, 1, h.columns, d_out.data, d_out.stride, out.data, out.stride, h.rows, h.padded_dim, h.tokens, 1.0f,
-           1.0f);
+    MatMul(dropped, 1, h.columns, d_out.data, d_out.stride, out.data, out.stride, h.rows, h.padded_dim, h.tokens, 1.0f);
     WriteBack(h, out, d_value + offset);
     out = Destination(h, d_query + offset, product);
-    MatMul(d_scores, h.columns, 1, key.data, key.stride, out.data, out.stride, h.rows, h.padded_dim, h.tokens, 1.0f,
-           in.scale);
+    MatMul(d_scores, h.columns, 1, key.data, key.stride, out.data, out.stride, h.rows, h.padded_dim, h.tokens, in.scale);
     WriteBack(h, out, d_query + offset);
     out = Destination(h, d_key + offset, product);
-    MatMul(d_scores, 1, h.columns, query.data, query.stride, out.data, out.stride, h.rows, h.padded_dim, h.tokens,
-           1.0f, in.scale);
+    MatMul(d_scores, 1, h.columns, query.data, query.stride, out.data, out.stride, h.rows, h.padded_dim, h.tokens, 1.0f);
     WriteBack(h, out, d_key + offset);
   }
 }
