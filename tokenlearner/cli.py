@@ -294,13 +294,28 @@ def run_predict(args: argparse.Namespace) -> None:
 
 
 def run_experiment(args: argparse.Namespace) -> None:
-    from tokenlearner.experiment import plot_accuracy_vs_macs, read_grid, results, run_grid, write_results
+    from tokenlearner.experiment import pending, plot_accuracy_vs_macs, read_grid, results, run_grid, write_results
 
     try:
         runs = read_grid(args.grid)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if not args.table_only:
+    if args.engine != "ray" and (args.address or args.cpus_per_run):
+        raise UsageError("--address and --cpus-per-run go with --engine ray")
+    if args.cpus_per_run is not None and args.cpus_per_run < 1:
+        raise UsageError(f"--cpus-per-run {args.cpus_per_run}: a run needs at least 1 CPU")
+    if not args.table_only and args.engine == "ray":
+        from tokenlearner.distributed import RayUnavailable, run_grid_on_ray
+
+        terminal = TerminalReport()
+        todo = pending(runs, args.out, lambda message: terminal(message, False))
+        try:
+            if not run_grid_on_ray(todo, args.data_dir, args.cpus_per_run or 1, args.address,
+                                   lambda message: terminal(message, False)):
+                return
+        except RayUnavailable as error:
+            raise UsageError(str(error)) from None
+    elif not args.table_only:
         data = _load_data(args.data_dir)
         import_keras_quietly(one_thread_per_op=True)
         import keras
@@ -448,6 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--data-dir", help="a cifar-10-batches-py folder")
     experiment.add_argument("--table-only", action="store_true",
                             help="train nothing: tabulate the runs finished so far")
+    experiment.add_argument("--engine", choices=("process", "ray"), default="process",
+                            help="process: one run after another here (the default, needs nothing more); "
+                                 "ray: every run a Ray task (pip install -r requirements-ray.txt; docs/distributed.md)")
+    experiment.add_argument("--address", help="with --engine ray: an existing Ray cluster (host:port); "
+                                              "default: a Ray started for this command on this machine")
+    experiment.add_argument("--cpus-per-run", type=int,
+                            help="with --engine ray: CPUs each run gets and sizes its threads to (default 1)")
     experiment.set_defaults(handler=run_experiment)
 
     shipper = commands.add_parser("ship", help="copy a finished run into checkpoints/ with a model card")

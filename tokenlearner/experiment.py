@@ -70,26 +70,39 @@ def read_grid(path: str | os.PathLike) -> list[GridRun]:
     return sorted(runs, key=lambda run: seeds.index(run.seed))
 
 
-def run_grid(runs: list[GridRun], out: str | os.PathLike, train_one: Callable[[GridRun, Path, str], bool],
-             report: Callable[[str], None]) -> bool:
-    """Train every run not finished yet; `train_one(run, directory, label)` trains one and
-    says whether it was stopped. A stopped run (a signal, or its STOP file) ends the grid
-    there, since a stop is the user's; the return value says whether every run finished."""
+def pending(runs: list[GridRun], out: str | os.PathLike,
+            report: Callable[[str], None]) -> list[tuple[GridRun, Path, str]]:
+    """The runs still to train, each with its directory and label ("[i/n] name seed s"): a
+    finished run is skipped, an unfinished one moved aside; a run that another process is
+    training raises a RunError before anything is touched."""
     out = Path(out)
+    todo, labelled = [], []
     for index, run in enumerate(runs, start=1):
         directory = out / run.name / f"seed_{run.seed}"
-        label = f"[{index}/{len(runs)}] {run.name} seed {run.seed}"
+        labelled.append((run, directory, f"[{index}/{len(runs)}] {run.name} seed {run.seed}"))
+        status = RunDirectory(directory).status() if directory.exists() else {}
+        if status.get("state") == "running":
+            raise RunError(f"{directory} is being trained by process {status.get('pid')} (another experiment "
+                           "on the same --out?): let it finish, or stop it, then run this again")
+    for run, directory, label in labelled:
         if directory.exists():
-            status = RunDirectory(directory).status()
-            if status.get("state") == "finished":
+            if RunDirectory(directory).status().get("state") == "finished":
                 report(f"{label}: finished already, skipped")
                 continue
-            if status.get("state") == "running":
-                raise RunError(f"{directory} is being trained by process {status.get('pid')} (another experiment "
-                               "on the same --out?): let it finish, or stop it, then run this again")
-            aside = _free_name(directory)
+            aside = free_name(directory)
             directory.rename(aside)
             report(f"{label}: an unfinished run was there, moved to {aside.name}")
+        todo.append((run, directory, label))
+    return todo
+
+
+def run_grid(runs: list[GridRun], out: str | os.PathLike, train_one: Callable[[GridRun, Path, str], bool],
+             report: Callable[[str], None]) -> bool:
+    """Train every run not finished yet, one after another in this process;
+    `train_one(run, directory, label)` trains one and says whether it was stopped. A
+    stopped run (a signal, or its STOP file) ends the grid there, since a stop is the
+    user's; the return value says whether every run finished."""
+    for run, directory, label in pending(runs, out, report):
         report(f"{label}: training")
         if train_one(run, directory, label):
             report(f"{label}: stopped; the same command resumes the grid, training this run again from the start")
@@ -97,7 +110,8 @@ def run_grid(runs: list[GridRun], out: str | os.PathLike, train_one: Callable[[G
     return True
 
 
-def _free_name(directory: Path) -> Path:
+def free_name(directory: Path) -> Path:
+    """NAME.incomplete-N beside `directory`, the first N not taken."""
     number = 1
     while (candidate := directory.with_name(f"{directory.name}.incomplete-{number}")).exists():
         number += 1

@@ -40,7 +40,16 @@ def use_one_thread_per_op() -> None:
         pass
 
 
+# The cores this process may use, where something else hands them out: the Ray engine
+# (tokenlearner/distributed.py) sets it to a run's CPU share, since a Ray task still sees
+# every core of its machine in its affinity, and more threads than cores slow everyone.
+CORES_VARIABLE = "TOKENLEARNER_CPUS"
+
+
 def _cores() -> int:
+    share = os.environ.get(CORES_VARIABLE, "")
+    if share.isdigit() and int(share) > 0:
+        return int(share)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

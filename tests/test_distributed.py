@@ -1,0 +1,92 @@
+"""experiment --engine ray: a real local Ray, real training at reduced size."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from cifar_files import make_cifar_folder
+from conftest import REPO, tokenlearner_command
+from test_experiment import GRID
+
+from tokenlearner.distributed import _changed_files
+
+pytest.importorskip("ray")
+
+
+def _metrics(out, run):
+    summary = json.loads((out / run / "metrics.json").read_text())
+    epochs = [json.loads(line) for line in (out / run / "metrics.jsonl").read_text().splitlines()]
+    return summary, epochs
+
+
+@pytest.mark.slow
+def test_a_grid_on_ray_gives_the_in_process_metrics_and_retries_a_run_whose_worker_was_killed(tmp_path):
+    data = make_cifar_folder(tmp_path / "cifar-10-batches-py", rows_per_batch=16, test_rows=20)
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(GRID))
+    in_process, on_ray = tmp_path / "in_process", tmp_path / "on_ray"
+
+    local = tokenlearner_command("experiment", str(grid), "--out", str(in_process), "--data-dir", str(data))
+    assert local.returncode == 0, local.stderr
+
+    driver = subprocess.Popen([sys.executable, "-m", "tokenlearner", "experiment", str(grid), "--out", str(on_ray),
+                               "--data-dir", str(data), "--engine", "ray", "--cpus-per-run", "1"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    status_file, killed = on_ray / "tokens" / "seed_1" / "status.json", None
+    deadline = time.time() + 240
+    while killed is None and driver.poll() is None and time.time() < deadline:
+        try:
+            status = json.loads(status_file.read_text())
+        except (FileNotFoundError, ValueError):
+            time.sleep(0.05)
+            continue
+        assert status["pid"] == driver.pid, "the folder's status names the driver, which writes it"
+        killed = status["worker"]["pid"]
+        os.kill(killed, signal.SIGKILL)
+    stdout, stderr = driver.communicate(timeout=240)
+    assert driver.returncode == 0, stderr
+    assert killed is not None, "the run's worker was never seen"
+    assert "[4/4] tokens seed 1: failed" in stdout and "training it again (attempt 2 of 3)" in stdout
+    assert (on_ray / "tokens" / "seed_1.incomplete-1").is_dir(), "the killed attempt is kept aside"
+
+    for run in ("baseline/seed_0", "tokens/seed_0", "baseline/seed_1", "tokens/seed_1"):
+        (ours, our_epochs), (theirs, their_epochs) = _metrics(on_ray, run), _metrics(in_process, run)
+        for key in ("test_top1", "test_top5", "test_loss", "best_val_top1"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-6), (run, key)
+        for key in ("loss", "top1", "val_loss", "val_top1"):
+            assert our_epochs[0][key] == pytest.approx(their_epochs[0][key], abs=1e-6), (run, key)
+        assert sorted(p.name for p in (on_ray / run).rglob("*")) == sorted(p.name for p in (in_process / run).rglob("*"))
+        record = json.loads((on_ray / run / "config.json").read_text())
+        assert record["command"][1:3] == ["experiment", str(grid)] and record["worker"]["pid"] > 0
+        assert json.loads((on_ray / run / "status.json").read_text())["state"] == "finished"
+    assert (on_ray / "results.md").read_text() == (in_process / "results.md").read_text()
+
+
+def test_only_new_or_changed_files_are_sent_and_temporaries_never(tmp_path):
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "maps" / "epoch_000.npz").write_bytes(b"maps")
+    (tmp_path / ".metrics.123-456-abcdefabcdef.jsonl").write_text("half a file")
+    sent = {}
+    assert dict(_changed_files(tmp_path, sent)) == {"config.json": b"{}", "maps/epoch_000.npz": b"maps"}
+    assert list(_changed_files(tmp_path, sent)) == []
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    assert dict(_changed_files(tmp_path, sent)) == {"config.json": b'{"a": 1}'}
+    assert list(_changed_files(tmp_path / "not yet made", {})) == []
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--address", "127.0.0.1:6379"], "--address and --cpus-per-run go with --engine ray"),
+    (["--cpus-per-run", "2"], "--address and --cpus-per-run go with --engine ray"),
+    (["--engine", "ray", "--cpus-per-run", "0"], "--cpus-per-run 0: a run needs at least 1 CPU"),
+])
+def test_ray_flags_are_checked_before_anything_starts(tmp_path, flags, message):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(GRID))
+    result = tokenlearner_command("experiment", str(grid), "--out", str(tmp_path / "out"), *flags)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
