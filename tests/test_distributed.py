@@ -90,3 +90,77 @@ def test_ray_flags_are_checked_before_anything_starts(tmp_path, flags, message):
     result = tokenlearner_command("experiment", str(grid), "--out", str(tmp_path / "out"), *flags)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    """A Ray head and a second node on this machine, one CPU each, the second with its own
+    temporary folder as another machine would have, both with token authentication (which
+    a second node needs here) and each reading the data from its own TOKENLEARNER_DATA_DIR.
+    `ray stop --force` at the end stops every Ray on the machine: this file's tests run one
+    after another (pytest-xdist keeps a file on one worker)."""
+    import tempfile
+
+    data = make_cifar_folder(tmp_path / "cifar-10-batches-py", rows_per_batch=16, test_rows=20)
+    ray_command = os.path.join(os.path.dirname(sys.executable), "ray")
+    environment = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+                   "TOKENLEARNER_DATA_DIR": str(data)}
+    address = f"127.0.0.1:{_free_port()}"
+    second_temp = tempfile.mkdtemp(prefix="ray-second-", dir="/tmp")  # short: Ray's socket paths have a limit
+    nodes = [[ray_command, "start", "--head", f"--port={address.split(':')[1]}", "--num-cpus=1",
+              "--include-dashboard=false", "--disable-usage-stats"],
+             [ray_command, "start", f"--address={address}", "--num-cpus=1", f"--temp-dir={second_temp}"]]
+    try:
+        for node in nodes:  # started from elsewhere, so their workers get the package from the driver
+            started = subprocess.run(node, cwd="/tmp", env=environment, capture_output=True, text=True, timeout=120)
+            assert started.returncode == 0, started.stderr
+        yield address, environment
+    finally:
+        subprocess.run([ray_command, "stop", "--force"], env=environment, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_a_grid_on_two_nodes_comes_back_to_out_and_resumes_after_the_driver_is_killed(tmp_path, two_node_cluster):
+    from tokenlearner.runs import RunDirectory
+
+    address, environment = two_node_cluster
+    grid, out = tmp_path / "grid.json", tmp_path / "out"
+    grid.write_text(json.dumps(GRID))
+    command = [sys.executable, "-m", "tokenlearner", "experiment", str(grid), "--out", str(out), "--engine", "ray",
+               "--address", address]
+    driver = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    deadline = time.time() + 240
+    def finished():
+        return any('"finished"' in path.read_text() for path in out.glob("*/seed_*/status.json"))
+
+    while not finished() and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    driver.kill()
+    driver.communicate(timeout=60)
+    states = {path.parent.relative_to(out).as_posix(): RunDirectory(path.parent).status()["state"]
+              for path in out.glob("*/seed_*/status.json")}
+    assert "finished" in states.values() and set(states.values()) <= {"finished", "failed"}, states
+
+    resumed = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    finished_before = [run for run, state in states.items() if state == "finished"]
+    assert resumed.stdout.count("finished already, skipped") == len(finished_before)
+    if len(finished_before) < len(states):
+        assert "an unfinished run was there, moved to" in resumed.stdout
+    nodes = set()
+    for run in ("baseline/seed_0", "tokens/seed_0", "baseline/seed_1", "tokens/seed_1"):
+        status = json.loads((out / run / "status.json").read_text())
+        assert status["state"] == "finished" and json.loads((out / run / "metrics.json").read_text())["test_top1"] >= 0
+        assert status["worker"]["cpus"] == 1
+        nodes.add(status["worker"]["node_id"])
+    assert len(nodes) == 2, "both nodes trained runs, and the runs came back from both"
+    assert "| baseline | 2/2 |" in (out / "results.md").read_text()

@@ -66,8 +66,8 @@ def _changed_files(directory: Path, sent: dict[str, tuple[int, int]]):
 
 def train_streaming(run: GridRun, data_dir: str | None, cpus: int):
     """The Ray task: trains `run` into a scratch folder and yields {"file": relative path,
-    "data": bytes, "worker": {"node", "pid"}} for each file as it changes; raises what
-    training raised."""
+    "data": bytes, "worker": {"node", "node_id", "pid", "cpus"}} for each file as it
+    changes; raises what training raised."""
     import tempfile
 
     os.environ[CORES_VARIABLE] = str(cpus)
@@ -78,7 +78,10 @@ def train_streaming(run: GridRun, data_dir: str | None, cpus: int):
     import_keras_quietly(one_thread_per_op=True)
     from tokenlearner.training import train
 
-    worker = {"node": os.uname().nodename, "pid": os.getpid()}
+    import ray
+
+    worker = {"node": os.uname().nodename, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+              "cpus": cpus}
     with tempfile.TemporaryDirectory(prefix="tokenlearner-run-") as scratch:
         directory = Path(scratch) / "run"
         outcome: dict = {}
@@ -185,7 +188,8 @@ def run_grid_on_ray(todo: list[tuple[GridRun, Path, str]], data_dir: str | None,
                 first = mirror.worker is None
                 mirror.write(item)
                 if first:
-                    report(f"{mirror.label}: training on {mirror.worker['node']} (process {mirror.worker['pid']})")
+                    report(f"{mirror.label}: training on {mirror.worker['node']} (node {mirror.worker['node_id'][:8]}, "
+                           f"process {mirror.worker['pid']})")
                 for epoch in mirror.new_epochs():
                     report(f"{mirror.label}: epoch {epoch['epoch']}: loss {epoch['loss']:.4f}  "
                            f"val top-1 {epoch['val_top1']:.3f}")
@@ -213,7 +217,12 @@ def _failed(mirror: _Mirror, error: Exception, retries: int, submit: Callable[[_
     import ray
 
     cause = _cause(error)
-    where = f" on {mirror.worker['node']}" if mirror.worker else ""
+    if mirror.worker:
+        where = f" on {mirror.worker['node']}"
+    elif isinstance(error, ray.exceptions.RayTaskError):
+        where = f" on {error.ip} (process {error.pid})"
+    else:
+        where = ""
     worker_died = not isinstance(error, ray.exceptions.RayTaskError)
     if worker_died and mirror.attempt < retries:
         mirror.attempt += 1
