@@ -1,14 +1,50 @@
+from collections import Counter
+
 import streamlit as st
 
 from tokenlearner.charts import accuracy_cost_figure, clicked_run, curves_overlay_figure
 from tokenlearner.compare import (deletable, delete_run, epochs_csv, for_display, keras_io_table, pareto_front,
                                   runs_table, to_csv)
+from tokenlearner.experiment import find_grids, grid_progress
 from tokenlearner.limits import Limits
 from tokenlearner.runs import PUBLISHED_GRIDS_DIR, find_grid_runs, find_runs
 from tokenlearner.ui import as_text, main_picture, page_setup
 
 page_setup()
 st.title("Compare")
+
+
+def grid_section(folder) -> None:
+    try:
+        rows = grid_progress(folder)
+    except (ValueError, KeyError, TypeError) as error:
+        st.warning(f"{as_text(folder.name)}: its grid.json cannot be read ({as_text(str(error))})")
+        return
+    states = Counter(row["state"] for row in rows)
+    st.markdown(f"**{as_text(folder.name)}**: " + ", ".join(
+        f"{states[state]} {state}" for state in ("finished", "running", "waiting", "failed", "stopped", "not started") if states[state]))
+    st.dataframe([{"config": row["config"], "seed": row["seed"], "state": row["state"],
+                   "epochs": f"{row['epochs_done']}/{row['epochs']}" if row["epochs"] else str(row["epochs_done"]),
+                   "test top-1 (%)": None if row["test_top1"] is None else round(100 * row["test_top1"], 2)}
+                  for row in rows], hide_index=True)
+    curves = {f"{row['config']} seed {row['seed']}": row["directory"].epochs() for row in rows if row["epochs_done"]}
+    if curves:
+        st.plotly_chart(curves_overlay_figure(curves, "top1"), key=f"grid_curves_{folder.name}")
+
+
+live_grid_section = st.fragment(run_every=2.0)(grid_section)  # redrawn while its runs train
+grids = find_grids()
+if grids:
+    st.subheader("Grids")
+    st.caption("Runs of `python -m tokenlearner experiment` under the runs folder, as they train "
+               "(in process or on Ray): validation top-1 per epoch.")
+    for folder in grids:
+        try:
+            busy = any(row["state"] in ("running", "waiting") for row in grid_progress(folder))
+        except (ValueError, KeyError, TypeError):
+            busy = False
+        (live_grid_section if busy else grid_section)(folder)
+
 runs, problems = find_runs()
 for problem in problems:
     st.warning(problem)

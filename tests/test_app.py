@@ -669,3 +669,31 @@ def test_a_demo_refuses_an_upload_above_its_pixel_cap(explorer, demo):
     test.file_uploader(key="attention_upload").set_value(("big.png", big, "image/png")).run()
     assert not test.exception
     assert "the limit is 8 MP" in test.error[0].value
+
+
+def test_compare_page_follows_a_grid_as_it_trains(explorer):
+    from tokenlearner.experiment import GridRun, write_plan
+
+    grid = explorer.path.parent / "tables"
+    planned = [GridRun(name, seed, ModelConfig(), None, "keras-io-4-tokens")
+               for name, seed in (("4-tokens", 0), ("8-tokens", 0), ("4-tokens", 1))]
+    write_plan(planned, grid, "keras_io_tables", "ray")
+    done = RunDirectory(grid / "4-tokens" / "seed_0").create({"model": ModelConfig().to_dict()})
+    for epoch in (1, 2):
+        done.append_epoch({"epoch": epoch, "loss": 2.0, "top1": 0.3, "top5": 0.8, "val_loss": 2.0,
+                           "val_top1": 0.2 * epoch, "val_top5": 0.7})
+    done.write_summary({"test_top1": 0.4321})
+    done.set_status("finished")
+    training = RunDirectory(grid / "8-tokens" / "seed_0").create({"model": ModelConfig().to_dict()})
+    training.set_status("running")  # by this process, which is alive
+    training.write_progress(epoch=1, epochs=2, step=3, steps=10)
+    (grid / "4-tokens" / "seed_1").mkdir()  # handed to Ray, not started yet
+
+    test = app().run()
+    test.switch_page("pages/compare.py").run()
+    assert not test.exception, test.exception
+    assert any(text.value == "**tables**: 1 finished, 1 running, 1 waiting" for text in test.markdown)
+    table = test.dataframe[0].value
+    assert list(table["state"]) == ["finished", "running", "waiting"]
+    assert list(table["epochs"]) == ["2", "0/2", "0"]
+    assert table["test top-1 (%)"].iloc[0] == 43.21

@@ -7,7 +7,7 @@ import pytest
 from cifar_files import make_cifar_folder
 from conftest import REPO
 
-from tokenlearner.experiment import read_grid, results, run_grid
+from tokenlearner.experiment import grid_progress, read_grid, results, run_grid
 from tokenlearner.presets import PRESETS
 
 GRID = {
@@ -104,6 +104,7 @@ def test_a_grid_runs_resumes_and_tabulates(tmp_path):
     first = experiment()
     assert first.returncode == 0, first.stderr
     assert "[4/4] tokens seed 1: training" in first.stdout
+    assert {row["state"] for row in grid_progress(out)} == {"finished"}
     table = (out / "results.md").read_text()
     assert "| baseline | 2/2 |" in table and "| tokens | 2/2 |" in table
     assert "56.24" not in table  # a changed preset does not borrow the published figure
@@ -194,3 +195,19 @@ def test_the_published_keras_io_runs_are_finished_runs_of_the_shipped_grid_and_d
     assert (published / "results.md").read_text() == table.read_text(), "rerun experiment ... --table-only"
     results_page = (REPO / "docs" / "results.md").read_text()
     assert all(line in results_page for line in table.read_text().splitlines()), "docs/results.md shows the table"
+
+
+def test_a_grids_runs_wait_while_its_process_runs_and_are_not_started_after(tmp_path):
+    from tokenlearner.experiment import PLAN_FILE, grid_progress, write_plan
+
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(GRID))
+    runs = read_grid(grid)
+    write_plan(runs, tmp_path / "out", str(grid), "process")
+    assert [(row["config"], row["seed"], row["state"]) for row in grid_progress(tmp_path / "out")] == [
+        ("baseline", 0, "waiting"), ("tokens", 0, "waiting"), ("baseline", 1, "waiting"), ("tokens", 1, "waiting")]
+    plan = json.loads((tmp_path / "out" / PLAN_FILE).read_text())
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    plan["process"] = {"pid": int(ended.stdout), "start_ticks": 1, "boot_id": plan["process"]["boot_id"]}
+    (tmp_path / "out" / PLAN_FILE).write_text(json.dumps(plan))
+    assert {row["state"] for row in grid_progress(tmp_path / "out")} == {"not started"}

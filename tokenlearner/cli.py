@@ -294,7 +294,8 @@ def run_predict(args: argparse.Namespace) -> None:
 
 
 def run_experiment(args: argparse.Namespace) -> None:
-    from tokenlearner.experiment import pending, plot_accuracy_vs_macs, read_grid, results, run_grid, write_results
+    from tokenlearner.experiment import (pending, plot_accuracy_vs_macs, read_grid, results, run_grid, write_plan,
+                                         write_results)
 
     try:
         runs = read_grid(args.grid)
@@ -304,6 +305,8 @@ def run_experiment(args: argparse.Namespace) -> None:
         raise UsageError("--address and --cpus-per-run go with --engine ray")
     if args.cpus_per_run is not None and args.cpus_per_run < 1:
         raise UsageError(f"--cpus-per-run {args.cpus_per_run}: a run needs at least 1 CPU")
+    if not args.table_only:
+        write_plan(runs, args.out, args.grid, args.engine)
     if not args.table_only and args.engine == "ray":
         from tokenlearner.distributed import RayUnavailable, run_grid_on_ray
 

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tokenlearner import processes
 from tokenlearner.compare import mean_std, plus_minus, to_csv
 from tokenlearner.config import ModelConfig, TrainConfig
-from tokenlearner.files import atomic_path, read_json, write_text
+from tokenlearner.files import atomic_path, read_json, write_json, write_text
 from tokenlearner.flops import count
 from tokenlearner.presets import DEFAULT_PRESET, PUBLISHED, preset
-from tokenlearner.runs import RunDirectory, RunError
+from tokenlearner.runs import RunDirectory, RunError, runs_root
 
 BUILT_IN = Path(__file__).parent / "grids"
 
@@ -68,6 +69,42 @@ def read_grid(path: str | os.PathLike) -> list[GridRun]:
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: config {name!r}: {error}") from None
     return sorted(runs, key=lambda run: seeds.index(run.seed))
+
+
+PLAN_FILE = "grid.json"
+
+
+def write_plan(runs: list[GridRun], out: str | os.PathLike, grid: str, engine: str) -> Path:
+    """OUT/grid.json: the grid's runs in order and the process running them, so that a
+    reader (the Compare page) can tell the runs waiting for it from those nobody will train."""
+    path = Path(out) / PLAN_FILE
+    write_json(path, {"grid": grid, "engine": engine, "process": processes.identity(),
+                      "runs": [{"config": run.name, "seed": run.seed} for run in runs]})
+    return path
+
+
+def find_grids(root: str | os.PathLike | None = None) -> list[Path]:
+    """The experiment folders directly under `root` (default: the runs folder), newest first."""
+    root = Path(root) if root is not None else runs_root()
+    found = [folder for folder in root.iterdir() if (folder / PLAN_FILE).is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda folder: (folder / PLAN_FILE).stat().st_mtime, reverse=True)
+
+
+def grid_progress(out: str | os.PathLike) -> list[dict]:
+    """One row per run of the grid in OUT/grid.json: config, seed, state (its run's status
+    once its training has started; before, "waiting" while the grid's process runs and "not
+    started" after), epochs done of how many, test top-1, and its RunDirectory."""
+    out = Path(out)
+    plan = read_json(out / PLAN_FILE)
+    before_start = "waiting" if processes.alive(plan.get("process")) else "not started"
+    rows = []
+    for entry in plan.get("runs", []):
+        directory = RunDirectory(out / str(entry["config"]) / f"seed_{int(entry['seed'])}")
+        state = directory.status()["state"] if directory.status_file.is_file() else before_start
+        rows.append({"config": entry["config"], "seed": int(entry["seed"]), "state": state,
+                     "epochs_done": len(directory.epochs()), "epochs": (directory.progress() or {}).get("epochs"),
+                     "test_top1": (directory.summary() or {}).get("test_top1"), "directory": directory})
+    return rows
 
 
 def pending(runs: list[GridRun], out: str | os.PathLike,
