@@ -66,6 +66,27 @@ def test_a_grid_on_ray_gives_the_in_process_metrics_and_retries_a_run_whose_work
     assert (on_ray / "results.md").read_text() == (in_process / "results.md").read_text()
 
 
+
+@pytest.mark.slow
+def test_a_runs_stop_file_cancels_that_run_on_ray(tmp_path):
+    data = make_cifar_folder(tmp_path / "cifar-10-batches-py", rows_per_batch=16, test_rows=20)
+    grid, out = tmp_path / "grid.json", tmp_path / "out"
+    grid.write_text(json.dumps({**GRID, "seeds": [0], "train": {"epochs": 50, "batch_size": 32},
+                                "configs": {"tokens": GRID["configs"]["tokens"]}}))
+    driver = subprocess.Popen([sys.executable, "-m", "tokenlearner", "experiment", str(grid), "--out", str(out),
+                               "--data-dir", str(data), "--engine", "ray"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = out / "tokens" / "seed_0"
+    deadline = time.time() + 240
+    while not (run / "metrics.jsonl").exists() and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    (run / "STOP").write_text("stop\n")  # what the app's Stop button writes
+    stdout, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 0, stderr
+    assert "[1/1] tokens seed 0: stopped; the same command trains it again from the start" in stdout
+    assert json.loads((run / "status.json").read_text())["state"] == "stopped"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) < 50 and not (out / "results.md").exists()
+
 def test_only_new_or_changed_files_are_sent_and_temporaries_never(tmp_path):
     (tmp_path / "maps").mkdir()
     (tmp_path / "config.json").write_text("{}")

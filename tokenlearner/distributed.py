@@ -70,6 +70,8 @@ def train_streaming(run: GridRun, data_dir: str | None, cpus: int):
     changes; raises what training raised."""
     import tempfile
 
+    import ray
+
     os.environ[CORES_VARIABLE] = str(cpus)
     from tokenlearner.cli import import_keras_quietly
     from tokenlearner.data import find_data_dir, load_cifar10
@@ -77,8 +79,6 @@ def train_streaming(run: GridRun, data_dir: str | None, cpus: int):
     data = load_cifar10(find_data_dir(data_dir))  # this node's TOKENLEARNER_DATA_DIR unless given
     import_keras_quietly(one_thread_per_op=True)
     from tokenlearner.training import train
-
-    import ray
 
     worker = {"node": os.uname().nodename, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
               "cpus": cpus}
@@ -115,7 +115,10 @@ class _Mirror:
 
     def write(self, item: dict) -> None:
         self.worker = item["worker"]
-        target = self.directory / item["file"]
+        relative = Path(item["file"])
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ValueError(f"a worker sent {item['file']!r}, which is not a path inside its run directory")
+        target = self.directory / relative
         # This process writes the folder: its status names this process, and the run's record
         # this command, each with where the run is trained.
         if item["file"] == "status.json":
@@ -155,13 +158,15 @@ def connect(address: str | None) -> None:
 def run_grid_on_ray(todo: list[tuple[GridRun, Path, str]], data_dir: str | None, cpus_per_run: int,
                     address: str | None, report: Callable[[str], None], retries: int = RETRIES) -> bool:
     """Train the runs `experiment.pending` left to do as Ray tasks of `cpus_per_run` CPUs
-    each, mirroring their run directories here; True when every one finished, False when
-    the user stopped the grid (Ctrl-C), which leaves the runs out there marked stopped."""
+    each, mirroring their run directories here. True when every one ended by itself; False
+    when the user stopped the grid (Ctrl-C: the runs out there are marked stopped) or a run
+    (its STOP file: that run alone is cancelled and marked stopped, the others go on)."""
     import ray
 
     connect(address)
     task = ray.remote(max_calls=1, max_retries=0)(train_streaming).options(num_cpus=cpus_per_run)
     active: dict = {}
+    stopped: list[_Mirror] = []
 
     def submit(mirror: _Mirror) -> None:
         mirror.directory.mkdir(parents=True, exist_ok=True)
@@ -172,6 +177,15 @@ def run_grid_on_ray(todo: list[tuple[GridRun, Path, str]], data_dir: str | None,
             submit(_Mirror(run, directory, label))
             report(f"{label}: waiting for {cpus_per_run} CPU{'s' if cpus_per_run > 1 else ''}")
         while active:
+            for generator, mirror in list(active.items()):
+                if RunDirectory(mirror.directory).stop_requested():  # the run's STOP file (the app's Stop button)
+                    ray.cancel(generator, force=True)
+                    del active[generator]
+                    RunDirectory(mirror.directory).set_status("stopped")
+                    stopped.append(mirror)
+                    report(f"{mirror.label}: stopped; the same command trains it again from the start")
+            if not active:
+                break
             ready, _ = ray.wait(list(active), num_returns=1, timeout=POLL_SECONDS)
             for generator in ready:
                 mirror = active[generator]
@@ -201,7 +215,7 @@ def run_grid_on_ray(todo: list[tuple[GridRun, Path, str]], data_dir: str | None,
         return False
     finally:
         ray.shutdown()
-    return True
+    return not stopped
 
 
 def _report_end(mirror: _Mirror, report: Callable[[str], None]) -> None:
