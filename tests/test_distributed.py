@@ -185,3 +185,11 @@ def test_a_grid_on_two_nodes_comes_back_to_out_and_resumes_after_the_driver_is_k
         nodes.add(status["worker"]["node_id"])
     assert len(nodes) == 2, "both nodes trained runs, and the runs came back from both"
     assert "| baseline | 2/2 |" in (out / "results.md").read_text()
+
+
+def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
+    from tokenlearner.distributed import RayUnavailable, connect
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray imports
+    with pytest.raises(RayUnavailable, match="pip install -r requirements-ray.txt"):
+        connect(None)
