@@ -7,7 +7,7 @@ import pytest
 from cifar_files import make_cifar_folder
 from conftest import REPO
 
-from tokenlearner.experiment import grid_progress, read_grid, results, run_grid
+from tokenlearner.experiment import grid_progress, pending, read_grid, results, run_grid
 from tokenlearner.presets import PRESETS
 
 GRID = {
@@ -18,6 +18,12 @@ GRID = {
         "tokens": {"model": {"depth": 1, "placement": 1, "num_tokens": 2}, "train": {"label_smoothing": 0.1}},
     },
 }
+
+
+def test_the_timing_grid_is_the_keras_io_configs_once_for_two_epochs():
+    tables, timing = read_grid("keras_io_tables"), read_grid("keras_io_timing")
+    assert [(run.name, run.model) for run in timing] == [(run.name, run.model) for run in tables if run.seed == 0]
+    assert all(run.seed == 0 and run.train.epochs == 2 for run in timing)
 
 
 def test_the_shipped_grid_is_the_keras_io_tables():
@@ -58,12 +64,13 @@ def test_a_stopped_run_ends_the_grid_and_the_next_call_resumes_it(tmp_path):
         RunDirectory(directory).create({}).set_status("stopped" if stop_at in label else "finished")
         return stop_at in label
 
-    assert run_grid(runs, tmp_path / "out", train_one, messages.append) is False
+    assert run_grid(pending(runs, tmp_path / "out", messages.append), train_one, messages.append) is False
     assert [label.split("] ")[1] for label in trained] == ["baseline seed 0", "tokens seed 0"]
     assert messages[-1].endswith("stopped; the same command resumes the grid, training this run again from the start")
 
     trained.clear()
-    assert run_grid(runs, tmp_path / "out", lambda *args: train_one(*args, stop_at="never"), messages.append)
+    assert run_grid(pending(runs, tmp_path / "out", messages.append), lambda *args: train_one(*args, stop_at="never"),
+                    messages.append)
     assert [label.split("] ")[1] for label in trained] == ["tokens seed 0", "baseline seed 1", "tokens seed 1"]
     assert (tmp_path / "out" / "tokens" / "seed_0.incomplete-1").is_dir()
 
@@ -86,8 +93,13 @@ def test_a_grid_leaves_a_run_that_another_process_is_training_alone(tmp_path):
     running = RunDirectory(tmp_path / "out" / "baseline" / "seed_0").create({})
     running.set_status("running")  # by this process, which is alive
     with pytest.raises(RunError, match=f"is being trained by process {os.getpid()}"):
-        run_grid(read_grid(grid), tmp_path / "out", lambda *args: pytest.fail("trained over a live run"), print)
+        pending(read_grid(grid), tmp_path / "out", print)
     assert running.status()["state"] == "running" and running.path.is_dir()
+    (tmp_path / "out" / "grid.json").write_text("the other experiment's plan")
+    refused = subprocess.run([sys.executable, "-m", "tokenlearner", "experiment", str(grid), "--out",
+                              str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode == 2 and "is being trained by process" in refused.stderr
+    assert (tmp_path / "out" / "grid.json").read_text() == "the other experiment's plan"
 
 
 @pytest.mark.slow

@@ -306,34 +306,32 @@ def run_experiment(args: argparse.Namespace) -> None:
     if args.cpus_per_run is not None and args.cpus_per_run < 1:
         raise UsageError(f"--cpus-per-run {args.cpus_per_run}: a run needs at least 1 CPU")
     if not args.table_only:
+        terminal = TerminalReport()
+        say = lambda message: terminal(message, False)  # noqa: E731
+        todo = pending(runs, args.out, say)  # refuses an --out another experiment is training, before the plan
         write_plan(runs, args.out, args.grid, args.engine)
-    if not args.table_only and args.engine == "ray":
-        from tokenlearner.distributed import RayUnavailable, run_grid_on_ray
+        if args.engine == "ray":
+            from tokenlearner.distributed import RayUnavailable, run_grid_on_ray
 
-        terminal = TerminalReport()
-        todo = pending(runs, args.out, lambda message: terminal(message, False))
-        try:
-            if not run_grid_on_ray(todo, args.data_dir, args.cpus_per_run or 1, args.address,
-                                   lambda message: terminal(message, False)):
+            try:
+                if not run_grid_on_ray(todo, args.data_dir, args.cpus_per_run or 1, args.address, say):
+                    return
+            except RayUnavailable as error:
+                raise UsageError(str(error)) from None
+        else:
+            data = _load_data(args.data_dir)
+            import_keras_quietly(one_thread_per_op=True)
+            import keras
+
+            from tokenlearner.training import train
+
+            def train_one(run, directory, label):
+                keras.backend.clear_session()
+                terminal_for_run = lambda message, transient: terminal(f"{label}  {message}", transient)  # noqa: E731
+                return train(run.model, run.train, data, directory, report=terminal_for_run)["stopped"]
+
+            if not run_grid(todo, train_one, say):
                 return
-        except RayUnavailable as error:
-            raise UsageError(str(error)) from None
-    elif not args.table_only:
-        data = _load_data(args.data_dir)
-        import_keras_quietly(one_thread_per_op=True)
-        import keras
-
-        from tokenlearner.training import train
-
-        terminal = TerminalReport()
-
-        def train_one(run, directory, label):
-            keras.backend.clear_session()
-            terminal_for_run = lambda message, transient: terminal(f"{label}  {message}", transient)  # noqa: E731
-            return train(run.model, run.train, data, directory, report=terminal_for_run)["stopped"]
-
-        if not run_grid(runs, args.out, train_one, lambda message: terminal(message, False)):
-            return
     rows = results(runs, args.out)
     csv_path, markdown_path = write_results(rows, args.out)
     print(markdown_path.read_text(), end="")

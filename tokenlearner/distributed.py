@@ -152,7 +152,8 @@ def connect(address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
                  runtime_env={"py_modules": [str(PACKAGE)], "excludes": ["__pycache__", "*.so"]})
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise RayUnavailable(f"cannot reach a Ray cluster at {address}: {error}") from None
+        where = f"reach a Ray cluster at {address}" if address else "start Ray on this machine"
+        raise RayUnavailable(f"cannot {where}: {error}") from None
 
 
 def run_grid_on_ray(todo: list[tuple[GridRun, Path, str]], data_dir: str | None, cpus_per_run: int,

@@ -113,17 +113,20 @@ def pending(runs: list[GridRun], out: str | os.PathLike,
     finished run is skipped, an unfinished one moved aside; a run that another process is
     training raises a RunError before anything is touched."""
     out = Path(out)
-    todo, labelled = [], []
+    found = []
     for index, run in enumerate(runs, start=1):
         directory = out / run.name / f"seed_{run.seed}"
-        labelled.append((run, directory, f"[{index}/{len(runs)}] {run.name} seed {run.seed}"))
-        status = RunDirectory(directory).status() if directory.exists() else {}
-        if status.get("state") == "running":
+        status = RunDirectory(directory).status() if directory.exists() else None
+        if status and status.get("state") == "running":
             raise RunError(f"{directory} is being trained by process {status.get('pid')} (another experiment "
                            "on the same --out?): let it finish, or stop it, then run this again")
-    for run, directory, label in labelled:
-        if directory.exists():
-            if RunDirectory(directory).status().get("state") == "finished":
+        found.append((run, directory, f"[{index}/{len(runs)}] {run.name} seed {run.seed}", status))
+    todo = []
+    for run, directory, label, status in found:
+        if status is not None and not any(directory.iterdir()):
+            directory.rmdir()  # made for a run that never started (the Ray engine makes them as it submits)
+        elif status is not None:
+            if status.get("state") == "finished":
                 report(f"{label}: finished already, skipped")
                 continue
             aside = free_name(directory)
@@ -133,13 +136,13 @@ def pending(runs: list[GridRun], out: str | os.PathLike,
     return todo
 
 
-def run_grid(runs: list[GridRun], out: str | os.PathLike, train_one: Callable[[GridRun, Path, str], bool],
+def run_grid(todo: list[tuple[GridRun, Path, str]], train_one: Callable[[GridRun, Path, str], bool],
              report: Callable[[str], None]) -> bool:
-    """Train every run not finished yet, one after another in this process;
+    """Train the runs `pending` left to do, one after another in this process;
     `train_one(run, directory, label)` trains one and says whether it was stopped. A
     stopped run (a signal, or its STOP file) ends the grid there, since a stop is the
     user's; the return value says whether every run finished."""
-    for run, directory, label in pending(runs, out, report):
+    for run, directory, label in todo:
         report(f"{label}: training")
         if train_one(run, directory, label):
             report(f"{label}: stopped; the same command resumes the grid, training this run again from the start")
