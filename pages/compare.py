@@ -33,8 +33,9 @@ def grid_section(folder) -> None:
 
 
 live_grid_section = st.fragment(run_every=2.0)(grid_section)  # redrawn while its runs train
-grids = find_grids()
-if grids:
+
+
+def grids_section(grids) -> None:
     st.subheader("Grids")
     st.caption("Runs of `python -m tokenlearner experiment` under the runs folder, as they train "
                "(in process or on Ray): validation top-1 per epoch.")
@@ -42,14 +43,19 @@ if grids:
         try:
             busy = any(row["state"] in ("running", "waiting") for row in grid_progress(folder))
         except (ValueError, KeyError, TypeError):
-            busy = False
+            busy = False  # grid_section says what is wrong
         (live_grid_section if busy else grid_section)(folder)
 
+
 runs, problems = find_runs()
+grids = find_grids()
 for problem in problems:
     st.warning(problem)
 if not runs:
-    st.info("No runs yet: train one on the Train page, or with `python -m tokenlearner train`.")
+    if grids:
+        grids_section(grids)
+    else:
+        st.info("No runs yet: train one on the Train page, or with `python -m tokenlearner train`.")
     st.stop()
 
 
@@ -103,6 +109,9 @@ log_y = scale_column.checkbox("log-scale axis", key="compare_log_y")
 by_name = {run.name: run for run in runs}
 st.plotly_chart(curves_overlay_figure({name: by_name[name].directory.epochs() for name in chosen}, metric, log_y),
                 key="compare_curves")
+
+if grids:
+    grids_section(grids)
 
 st.subheader("The keras.io table, beside ours")
 st.dataframe(keras_io_table(runs + find_grid_runs(), find_grid_runs(PUBLISHED_GRIDS_DIR)), hide_index=True)

@@ -689,11 +689,17 @@ def test_compare_page_follows_a_grid_as_it_trains(explorer):
     training.write_progress(epoch=1, epochs=2, step=3, steps=10)
     (grid / "4-tokens" / "seed_1").mkdir()  # handed to Ray, not started yet
 
-    test = app().run()
-    test.switch_page("pages/compare.py").run()
-    assert not test.exception, test.exception
-    assert any(text.value == "**tables**: 1 finished, 1 running, 1 waiting" for text in test.markdown)
-    table = test.dataframe[0].value
-    assert list(table["state"]) == ["finished", "running", "waiting"]
-    assert list(table["epochs"]) == ["2", "0/2", "0"]
-    assert table["test top-1 (%)"].iloc[0] == 43.21
+    import shutil
+
+    for only_the_grid in (False, True):
+        if only_the_grid:
+            shutil.rmtree(explorer.path)  # the grid is shown without any single run too
+        test = app().run()
+        test.switch_page("pages/compare.py").run()
+        assert not test.exception, test.exception
+        assert any(text.value == "**tables**: 1 finished, 1 running, 1 waiting" for text in test.markdown)
+        table = next(frame.value for frame in test.dataframe if "state" in frame.value and "config" in frame.value)
+        assert list(table["state"]) == ["finished", "running", "waiting"]
+        assert list(table["epochs"]) == ["2", "0/2", "0"]
+        assert table["test top-1 (%)"].iloc[0] == 43.21
+    assert not any("No runs yet" in text.value for text in test.info)
