@@ -106,12 +106,16 @@ def check_data_fits(model_config: ModelConfig, data: Cifar10) -> None:
 
 
 def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, run_dir: str | Path,
-          report: Report = _quiet, startup: Startup | None = None) -> dict:
+          report: Report = _quiet, startup: Startup | None = None,
+          after_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train `model_config` on `data` with `train_config`, writing the run directory
     `run_dir` (which must not exist or be empty) as it goes; returns the final summary.
 
     `startup` holds the caller's stages so far (reading the data, imports), to which the
-    stages up to the first step are added; `report` receives one-line progress messages.
+    stages up to the first step are added; `report` receives one-line progress messages;
+    `after_epoch` receives each epoch's record once its files (record, maps, best weights)
+    are written, and training waits for it (a search's trial hands the epoch to its
+    scheduler there, which may end the run).
     Data the model cannot take, or cannot split as asked, raises a DataError before
     anything is written."""
     startup = startup or Startup()
@@ -137,7 +141,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, r
     try:
         with StopFlag(run) as stop:
             summary = _train(model_config, train_config, parts, (test_images, test_labels), run, stop, report,
-                             startup)
+                             startup, after_epoch)
     except BaseException as error:
         run.set_status("failed", error=f"{type(error).__name__}: {error}")
         raise
@@ -146,7 +150,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, r
 
 
 def _train(model_config: ModelConfig, train_config: TrainConfig, parts: Split, test: tuple[np.ndarray, np.ndarray],
-           run: RunDirectory, stop: StopFlag, report: Report, startup: Startup) -> dict:
+           run: RunDirectory, stop: StopFlag, report: Report, startup: Startup,
+           after_epoch: Callable[[dict], None] | None) -> dict:
     """The loop of `train`: epochs of steps, a validation pass and the maps after each, the
     best weights kept and saved, the test pass with them; returns the summary."""
     import keras
@@ -219,6 +224,8 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, parts: Split, t
         if validation["top1"] > best_top1:
             best_top1, best_epoch, best_weights = validation["top1"], epoch, model.get_weights()
             run.save_model(model)
+        if after_epoch is not None:
+            after_epoch(record)
         if stopped:
             break
     train_seconds = time.time() - loop_start
