@@ -87,6 +87,52 @@ def test_a_runs_stop_file_cancels_that_run_on_ray(tmp_path):
     assert json.loads((run / "status.json").read_text())["state"] == "stopped"
     assert len((run / "metrics.jsonl").read_text().splitlines()) < 50 and not (out / "results.md").exists()
 
+# Two samples that learn (each class is a colour of its own), then two whose learning rate leaves them where they
+# started: ASHA's cutoff at epoch 1 is the median of the samples that reached it before.
+SEARCH = {"seed": 3, "train": {"epochs": 2, "batch_size": 16},
+          "space": {"model": {"depth": [1], "placement": [1], "num_tokens": [1, 2, 4, 8]},
+                    "train": {"learning_rate": [0.003, 0.000001]}},
+          "asha": {"grace_epochs": 1, "reduction_factor": 2}}
+
+
+@pytest.mark.slow
+def test_a_search_stops_poor_samples_early_and_ends_with_a_front(tmp_path):
+    from tokenlearner.search import read_space
+
+    data = make_cifar_folder(tmp_path / "cifar-10-batches-py", rows_per_batch=32, test_rows=20, colours=True)
+    space_file, out = tmp_path / "space.json", tmp_path / "out"
+    space_file.write_text(json.dumps(SEARCH))
+    samples = read_space(space_file).samples(4)
+    assert [run.train.learning_rate for run in samples] == [0.003, 0.003, 0.000001, 0.000001]
+    # Two CPUs a sample on two cores: one at a time, in order, so ASHA sees them in that order.
+    command = ["experiment", str(space_file), "--out", str(out), "--data-dir", str(data), "--engine", "ray",
+               "--cpus-per-run", "2", "--search", "asha", "--samples", "4"]
+    result = tokenlearner_command(*command, timeout=400)
+    assert result.returncode == 0, result.stderr
+    states = {run.name: json.loads((out / run.name / "seed_3" / "status.json").read_text()) for run in samples}
+    early = [name for name, status in states.items() if status["state"] == "stopped early"]
+    assert {"sample-003", "sample-004"} <= set(early), (states, result.stdout)
+    for name in early:
+        assert f"{name} seed 3: stopped early by ASHA after epoch 1" in result.stdout
+        assert len((out / name / "seed_3" / "metrics.jsonl").read_text().splitlines()) == 1
+        assert states[name]["worker"]["cpus"] == 2, "where it trained is kept"
+    finished = [name for name, status in states.items() if status["state"] == "finished"]
+    assert "sample-001" in finished
+    for name in finished:
+        assert json.loads((out / name / "seed_3" / "metrics.json").read_text())["test_top1"] is not None
+    front = (out / "front.md").read_text()
+    on_front = [line.split(" | ")[0].strip("| ") for line in front.split("\n\n")[0].splitlines()[2:]]
+    assert on_front and set(on_front) <= set(finished), front
+    assert "4 samples: " in front and (out / "front.png").read_bytes().startswith(b"\x89PNG")
+    assert len((out / "search.csv").read_text().splitlines()) == 5
+    plan = json.loads((out / "grid.json").read_text())
+    assert plan["search"]["knobs"] == {"model": ["depth", "placement", "num_tokens"], "train": ["learning_rate"]}
+
+    again = tokenlearner_command(*command, timeout=120)  # every sample ended: nothing to train, the same front
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already, skipped") == 4 and (out / "front.md").read_text() == front
+
+
 def test_only_new_or_changed_files_are_sent_and_temporaries_never(tmp_path):
     (tmp_path / "maps").mkdir()
     (tmp_path / "config.json").write_text("{}")
@@ -101,8 +147,8 @@ def test_only_new_or_changed_files_are_sent_and_temporaries_never(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--address", "127.0.0.1:6379"], "--address and --cpus-per-run go with --engine ray"),
-    (["--cpus-per-run", "2"], "--address and --cpus-per-run go with --engine ray"),
+    (["--address", "127.0.0.1:6379"], "--address, --cpus-per-run and --search go with --engine ray"),
+    (["--cpus-per-run", "2"], "--address, --cpus-per-run and --search go with --engine ray"),
     (["--engine", "ray", "--cpus-per-run", "0"], "--cpus-per-run 0: a run needs at least 1 CPU"),
 ])
 def test_ray_flags_are_checked_before_anything_starts(tmp_path, flags, message):

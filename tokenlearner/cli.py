@@ -21,6 +21,7 @@ from tokenlearner.flags import UsageError, add_model_flags, add_train_flags, mod
 from tokenlearner.images import ImageError
 from tokenlearner.native import BuildError
 from tokenlearner.runs import RunDirectory, RunError
+from tokenlearner.search import SCHEDULERS
 
 
 # What each of these says is meant for the user: main prints it as one line, as a UsageError.
@@ -293,18 +294,56 @@ def run_predict(args: argparse.Namespace) -> None:
               + (f", one row per TokenLearner/TokenFuser layer ({', '.join(maps)})" if len(maps) > 1 else ""))
 
 
+def run_search(args: argparse.Namespace) -> None:
+    from tokenlearner.experiment import pending, write_plan
+    from tokenlearner.search import plot_front, read_space, search_table, write_search_results
+
+    if args.samples < 1:
+        raise UsageError(f"--samples {args.samples}: draw at least 1 config")
+    try:
+        space = read_space(args.grid)
+        runs = space.samples(args.samples)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if not args.table_only:
+        terminal = TerminalReport()
+        say = lambda message: terminal(message, False)  # noqa: E731
+        todo = pending(runs, args.out, say)
+        write_plan(runs, args.out, args.grid, args.engine, search=space.plan(args.samples))
+        from tokenlearner.distributed import RayUnavailable, run_search_on_ray
+
+        try:
+            if not run_search_on_ray(todo, space.epochs, space.grace_epochs, space.reduction_factor, args.data_dir,
+                                     args.cpus_per_run or 1, args.address, say):
+                return
+        except RayUnavailable as error:
+            raise UsageError(str(error)) from None
+    rows = search_table(args.out)
+    csv_path, front_path = write_search_results(rows, args.out)
+    print(front_path.read_text(), end="")
+    print(f"wrote {csv_path} and {front_path}")
+    try:
+        print(f"wrote {plot_front(rows, Path(args.out) / 'front.png', f'the front of {Path(args.grid).stem}')}")
+    except RuntimeError as error:
+        print(f"no front.png: {error}")
+
+
 def run_experiment(args: argparse.Namespace) -> None:
     from tokenlearner.experiment import (pending, plot_accuracy_vs_macs, read_grid, results, run_grid, write_plan,
                                          write_results)
 
+    if args.engine != "ray" and (args.address or args.cpus_per_run or args.search):
+        raise UsageError("--address, --cpus-per-run and --search go with --engine ray")
+    if args.cpus_per_run is not None and args.cpus_per_run < 1:
+        raise UsageError(f"--cpus-per-run {args.cpus_per_run}: a run needs at least 1 CPU")
+    if (args.samples is None) != (args.search is None):
+        raise UsageError("--search and --samples go together: --search asha --samples N")
+    if args.search:
+        return run_search(args)
     try:
         runs = read_grid(args.grid)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if args.engine != "ray" and (args.address or args.cpus_per_run):
-        raise UsageError("--address and --cpus-per-run go with --engine ray")
-    if args.cpus_per_run is not None and args.cpus_per_run < 1:
-        raise UsageError(f"--cpus-per-run {args.cpus_per_run}: a run needs at least 1 CPU")
     if not args.table_only:
         terminal = TerminalReport()
         say = lambda message: terminal(message, False)  # noqa: E731
@@ -471,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
                                               "default: a Ray started for this command on this machine")
     experiment.add_argument("--cpus-per-run", type=int,
                             help="with --engine ray: CPUs each run gets and sizes its threads to (default 1)")
+    experiment.add_argument("--search", choices=SCHEDULERS,
+                            help="with --engine ray: GRID is a search space (keras_io_search): draw --samples configs "
+                                 "from it and let Tune's ASHA end poor runs early; writes the Pareto front of "
+                                 "validation top-1 against MACs")
+    experiment.add_argument("--samples", type=int, help="with --search: how many configs to draw")
     experiment.set_defaults(handler=run_experiment)
 
     shipper = commands.add_parser("ship", help="copy a finished run into checkpoints/ with a model card")

@@ -64,74 +64,104 @@ def _changed_files(directory: Path, sent: dict[str, tuple[int, int]]):
             yield str(relative), data
 
 
-def train_streaming(run: GridRun, data_dir: str | None, cpus: int):
-    """The Ray task: trains `run` into a scratch folder and yields {"file": relative path,
-    "data": bytes, "worker": {"node", "node_id", "pid", "cpus"}} for each file as it
-    changes; raises what training raised."""
-    import tempfile
-
+def _worker(cpus: int) -> dict:
     import ray
 
-    os.environ[CORES_VARIABLE] = str(cpus)
-    from tokenlearner.cli import import_keras_quietly
-    from tokenlearner.data import find_data_dir, load_cifar10
+    return {"node": os.uname().nodename, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+            "cpus": cpus}
 
-    data = load_cifar10(find_data_dir(data_dir))  # this node's TOKENLEARNER_DATA_DIR unless given
-    import_keras_quietly(one_thread_per_op=True)
-    from tokenlearner.training import train
 
-    worker = {"node": os.uname().nodename, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-              "cpus": cpus}
-    with tempfile.TemporaryDirectory(prefix="tokenlearner-run-") as scratch:
-        directory = Path(scratch) / "run"
-        outcome: dict = {}
+class _ScratchRun:
+    """`run` trained in a thread (so that its caller can send files while it goes) into a
+    scratch folder on this node; `changed()` gives the folder's files new or changed since
+    the last call, and leaving the block raises what training raised."""
+
+    def __init__(self, run: GridRun, data_dir: str | None, cpus: int,
+                 after_epoch: Callable[[dict], None] | None = None):
+        self.run, self.data_dir, self.cpus, self.after_epoch = run, data_dir, cpus, after_epoch
+        self.sent: dict[str, tuple[int, int]] = {}
+        self.outcome: dict = {}
+
+    def __enter__(self) -> "_ScratchRun":
+        import tempfile
+
+        os.environ[CORES_VARIABLE] = str(self.cpus)
+        from tokenlearner.cli import import_keras_quietly
+        from tokenlearner.data import find_data_dir, load_cifar10
+
+        data = load_cifar10(find_data_dir(self.data_dir))  # this node's TOKENLEARNER_DATA_DIR unless given
+        import_keras_quietly(one_thread_per_op=True)
+        from tokenlearner.training import train
+
+        self.scratch = tempfile.TemporaryDirectory(prefix="tokenlearner-run-")
+        self.directory = Path(self.scratch.name) / "run"
 
         def work():
             try:
-                outcome["summary"] = train(run.model, run.train, data, directory)
-            except BaseException as error:  # handed to the driver below
-                outcome["error"] = error
+                self.outcome["summary"] = train(self.run.model, self.run.train, data, self.directory,
+                                                after_epoch=self.after_epoch)
+            except BaseException as error:  # raised in the caller's thread, on leaving the block
+                self.outcome["error"] = error
 
-        # Training runs in a thread so that this generator can send files while it goes.
-        trainer = threading.Thread(target=work, name="train", daemon=True)
-        trainer.start()
-        sent: dict[str, tuple[int, int]] = {}
-        while trainer.is_alive():
-            trainer.join(POLL_SECONDS)
-            for relative, data_bytes in _changed_files(directory, sent):
+        self.trainer = threading.Thread(target=work, name="train", daemon=True)
+        self.trainer.start()
+        return self
+
+    def training(self, seconds: float = POLL_SECONDS) -> bool:
+        """Whether training still goes on, after waiting up to `seconds` for it to end."""
+        self.trainer.join(seconds)
+        return self.trainer.is_alive()
+
+    def changed(self) -> list[tuple[str, bytes]]:
+        return list(_changed_files(self.directory, self.sent))
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.scratch.cleanup()
+        if kind is None and "error" in self.outcome:
+            raise self.outcome["error"]
+
+
+def train_streaming(run: GridRun, data_dir: str | None, cpus: int):
+    """The grid's Ray task: trains `run` and yields {"file": relative path, "data": bytes,
+    "worker": {"node", "node_id", "pid", "cpus"}} for each file as it changes; raises what
+    training raised."""
+    with _ScratchRun(run, data_dir, cpus) as scratch:
+        worker = _worker(cpus)
+        while True:
+            going_on = scratch.training()
+            for relative, data_bytes in scratch.changed():
                 yield {"file": relative, "data": data_bytes, "worker": worker}
-        for relative, data_bytes in _changed_files(directory, sent):
-            yield {"file": relative, "data": data_bytes, "worker": worker}
-        if "error" in outcome:
-            raise outcome["error"]
+            if not going_on:
+                break
 
 
 class _Mirror:
     """This process's copy of one run directory, written from what its task sends."""
 
-    def __init__(self, run: GridRun, directory: Path, label: str):
+    def __init__(self, run: GridRun, directory: Path, label: str, driver: dict | None = None,
+                 command: list[str] | None = None):
         self.run, self.directory, self.label = run, directory, label
+        # The driver (the experiment command) owns the folder: its status names the driver's
+        # process, and the run's record the driver's command, each with where the run trains.
+        self.driver, self.command = driver or processes.identity(), command or sys.argv
         self.attempt, self.worker, self.epochs_reported = 0, None, 0
 
-    def write(self, item: dict) -> None:
-        self.worker = item["worker"]
-        relative = Path(item["file"])
-        if relative.is_absolute() or ".." in relative.parts:
-            raise ValueError(f"a worker sent {item['file']!r}, which is not a path inside its run directory")
-        target = self.directory / relative
-        # This process writes the folder: its status names this process, and the run's record
-        # this command, each with where the run is trained.
-        if item["file"] == "status.json":
-            status = json.loads(item["data"].decode("utf-8"))
-            write_json(target, {**status, "pid": os.getpid(), "process": processes.identity(),
-                                "worker": self.worker})
+    def write(self, relative: str, data: bytes, worker: dict) -> None:
+        self.worker = worker
+        path = Path(relative)
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"a worker sent {relative!r}, which is not a path inside its run directory")
+        target = self.directory / path
+        if relative == "status.json":
+            status = json.loads(data.decode("utf-8"))
+            write_json(target, {**status, "pid": self.driver["pid"], "process": self.driver, "worker": worker})
             return
-        if item["file"] == "config.json":
-            record = json.loads(item["data"].decode("utf-8"))
-            write_json(target, {**record, "command": sys.argv, "worker": self.worker})
+        if relative == "config.json":
+            record = json.loads(data.decode("utf-8"))
+            write_json(target, {**record, "command": self.command, "worker": worker})
             return
         with atomic_path(target) as temporary:
-            temporary.write_bytes(item["data"])
+            temporary.write_bytes(data)
 
     def new_epochs(self) -> list[dict]:
         epochs = RunDirectory(self.directory).epochs()
@@ -201,7 +231,7 @@ def run_grid_on_ray(todo: list[tuple[GridRun, Path, str]], data_dir: str | None,
                     _failed(mirror, error, retries, submit, report)
                     continue
                 first = mirror.worker is None
-                mirror.write(item)
+                mirror.write(item["file"], item["data"], item["worker"])
                 if first:
                     report(f"{mirror.label}: training on {mirror.worker['node']} (node {mirror.worker['node_id'][:8]}, "
                            f"process {mirror.worker['pid']})")
@@ -261,3 +291,171 @@ def _cause(error: Exception) -> str:
         error = error.cause
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no message'}"
+
+
+class _SearchSink:
+    """The Ray actor, on the driver's node, that writes each sample's run directory from
+    what its trial sends (a Tune trial cannot stream results back as a task does)."""
+
+    def __init__(self, mirrors: list[_Mirror]):
+        self.mirrors = mirrors
+
+    def begin(self, index: int) -> None:
+        """A trial starts: an earlier attempt's folder (its worker died) is moved aside."""
+        directory = self.mirrors[index].directory
+        if directory.is_dir() and any(directory.iterdir()):
+            directory.rename(free_name(directory))
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def write(self, index: int, files: list[tuple[str, bytes]], worker: dict) -> bool:
+        """Write `files` into sample `index`'s folder; whether a stop was asked for there."""
+        mirror = self.mirrors[index]
+        for relative, data in files:
+            mirror.write(relative, data, worker)
+        return RunDirectory(mirror.directory).stop_requested()
+
+    def fail(self, index: int, cause: str) -> None:
+        """The trial raised before training could say so (no data on its node, say)."""
+        run = RunDirectory(self.mirrors[index].directory)
+        if run.status().get("state") != "failed":
+            run.set_status("failed", error=cause)
+
+
+def _search_trial(config: dict, runs: list[GridRun], sink, data_dir: str | None, cpus: int) -> None:
+    """A Tune trial: trains sample `config["sample"]`, sending its files to `sink` as they
+    change and reporting each epoch's validation top-1 to Tune, whose ASHA scheduler may end
+    it there. Training waits at the end of each epoch until the epoch's files have reached
+    the driver and Tune has taken the report, so a run ended at epoch k holds k epochs. The
+    last epoch is reported once the run has ended (tested, every file sent), since Tune ends
+    a trial at its horizon. A training error is not raised: the run's status says it, and
+    Tune's retries are kept for workers that die."""
+    import queue
+
+    import ray
+    from ray import tune
+
+    index = config["sample"]
+    run = runs[index]
+    ray.get(sink.begin.remote(index))
+    ended_epochs: queue.Queue = queue.Queue()
+    go_on = threading.Semaphore(0)
+
+    def after_epoch(record: dict) -> None:
+        ended_epochs.put(record)
+        go_on.acquire()
+
+    def report(record: dict) -> None:
+        tune.report({"epoch": record["epoch"], "val_top1": record["val_top1"], "val_loss": record["val_loss"]})
+
+    worker, held = _worker(cpus), []
+    try:
+        with _ScratchRun(run, data_dir, cpus, after_epoch) as scratch:
+            while scratch.training(0):
+                try:
+                    record = ended_epochs.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    record = None
+                if ray.get(sink.write.remote(index, scratch.changed(), worker)):
+                    RunDirectory(scratch.directory).request_stop()  # the driver's copy has a STOP file
+                if record is not None:
+                    if record["complete"] and record["epoch"] < run.train.epochs:
+                        report(record)  # where ASHA may end this trial
+                    else:
+                        held.append(record)
+                    go_on.release()
+            ray.get(sink.write.remote(index, scratch.changed(), worker))
+        for record in held:
+            if record["complete"]:
+                report(record)
+    except Exception as error:  # the run's own status says it, unless training never began
+        ray.get(sink.fail.remote(index, _cause(error)))
+
+
+def run_search_on_ray(todo: list[tuple[GridRun, Path, str]], epochs: int, grace_epochs: int,
+                      reduction_factor: int, data_dir: str | None, cpus_per_run: int, address: str | None,
+                      report: Callable[[str], None], retries: int = RETRIES) -> bool:
+    """Train the samples `experiment.pending` left to do as Tune trials of `cpus_per_run`
+    CPUs each under ASHA (validation top-1 at epochs grace_epochs x reduction_factor^k,
+    up to `epochs`), mirroring their run directories here; a sample ASHA ends is marked
+    "stopped early". True unless the user stopped the search (Ctrl-C) or a sample (its STOP
+    file)."""
+    import tempfile
+
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not todo:
+        return True
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C ends the command as it ends a grid
+    connect(address)
+    mirrors = [_Mirror(run, directory, label) for run, directory, label in todo]
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    sink = ray.remote(_SearchSink).options(num_cpus=0, scheduling_strategy=here).remote(mirrors)
+    ended_early: set[int] = set()
+
+    class EndingEarly(ASHAScheduler):
+        """ASHA, marking the samples it ends before their last epoch."""
+
+        def on_trial_result(self, controller, trial, result):
+            action = super().on_trial_result(controller, trial, result)
+            if action == self.STOP and result["epoch"] < epochs:
+                index = trial.config["sample"]
+                ended_early.add(index)
+                run = RunDirectory(mirrors[index].directory)
+                run.set_status("stopped early", epoch=result["epoch"], worker=run.status().get("worker"))
+                report(f"{mirrors[index].label}: stopped early by ASHA after epoch {result['epoch']}: its val top-1 "
+                       f"{result['val_top1']:.3f} is below the best 1/{reduction_factor} of those that reached it")
+            return action
+
+    class Progress(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            report(f"{mirrors[trial.config['sample']].label}: training")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            report(f"{mirrors[trial.config['sample']].label}: epoch {result['epoch']}: "
+                   f"val top-1 {result['val_top1']:.3f}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if trial.config["sample"] not in ended_early:
+                _report_end(mirrors[trial.config["sample"]], report)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            mirror = mirrors[trial.config["sample"]]
+            mirror.attempt += 1
+            report(f"{mirror.label}: its worker died ({_cause(trial.get_error())}); training it again "
+                   f"(attempt {mirror.attempt + 1} of {retries + 1})")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            mirror = mirrors[trial.config["sample"]]
+            cause = _cause(trial.get_error())
+            RunDirectory(mirror.directory).set_status("failed", error=cause)
+            report(f"{mirror.label}: failed ({cause}), after {mirror.attempt + 1} attempts; the search goes on "
+                   "without it")
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_search_trial, runs=[mirror.run for mirror in mirrors], sink=sink, data_dir=data_dir,
+                             cpus=cpus_per_run),
+        {"cpu": cpus_per_run})
+    try:
+        with tempfile.TemporaryDirectory(prefix="tokenlearner-tune-") as scratch:  # Tune's own records
+            tune.Tuner(
+                trainable, param_space={"sample": tune.grid_search(list(range(len(mirrors))))},
+                tune_config=tune.TuneConfig(
+                    metric="val_top1", mode="max", reuse_actors=False,
+                    scheduler=EndingEarly(time_attr="epoch", max_t=epochs, grace_period=grace_epochs,
+                                          reduction_factor=reduction_factor)),
+                run_config=tune.RunConfig(name="search", storage_path=scratch, verbose=0, callbacks=[Progress()],
+                                          failure_config=tune.FailureConfig(max_failures=retries)),
+            ).fit()
+    except KeyboardInterrupt:
+        for mirror in mirrors:
+            if RunDirectory(mirror.directory).status().get("state") == "running":
+                RunDirectory(mirror.directory).set_status("stopped")
+                report(f"{mirror.label}: stopped; the same command resumes the search, training it again from the "
+                       "start")
+        return False
+    finally:
+        ray.shutdown()
+    return not any(RunDirectory(mirror.directory).status().get("state") == "stopped" for mirror in mirrors)

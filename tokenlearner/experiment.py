@@ -31,6 +31,7 @@ from tokenlearner.presets import DEFAULT_PRESET, PUBLISHED, preset
 from tokenlearner.runs import RunDirectory, RunError, runs_root
 
 BUILT_IN = Path(__file__).parent / "grids"
+ENDED = ("finished", "stopped early")  # a run in either state is not trained again
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,9 @@ def read_grid(path: str | os.PathLike) -> list[GridRun]:
         path = BUILT_IN / f"{path.name}.json"
     grid = read_json(path)
     if not isinstance(grid, dict) or not isinstance(grid.get("configs"), dict) or not grid["configs"]:
-        raise ValueError(f"{path}: a grid is a JSON object with a non-empty \"configs\" object")
+        hint = (": that is a search space; add --engine ray --search asha --samples N"
+                if isinstance(grid, dict) and "space" in grid else "")
+        raise ValueError(f"{path}: a grid is a JSON object with a non-empty \"configs\" object{hint}")
     unknown = set(grid) - {"description", "seeds", "train", "configs"}
     if unknown:
         raise ValueError(f"{path}: unknown grid key(s) {', '.join(sorted(unknown))}")
@@ -74,12 +77,15 @@ def read_grid(path: str | os.PathLike) -> list[GridRun]:
 PLAN_FILE = "grid.json"
 
 
-def write_plan(runs: list[GridRun], out: str | os.PathLike, grid: str, engine: str) -> Path:
-    """OUT/grid.json: the grid's runs in order and the process running them, so that a
-    reader (the Compare page) can tell the runs waiting for it from those nobody will train."""
+def write_plan(runs: list[GridRun], out: str | os.PathLike, grid: str, engine: str,
+               search: dict | None = None) -> Path:
+    """OUT/grid.json: the grid's (or search's) runs in order and the process running them,
+    so that a reader (the Compare page) can tell the runs waiting for it from those nobody
+    will train; a search adds what `SearchSpace.plan` says of it."""
     path = Path(out) / PLAN_FILE
     write_json(path, {"grid": grid, "engine": engine, "process": processes.identity(),
-                      "runs": [{"config": run.name, "seed": run.seed} for run in runs]})
+                      "runs": [{"config": run.name, "seed": run.seed} for run in runs],
+                      **({"search": search} if search else {})})
     return path
 
 
@@ -110,7 +116,8 @@ def grid_progress(out: str | os.PathLike) -> list[dict]:
 def pending(runs: list[GridRun], out: str | os.PathLike,
             report: Callable[[str], None]) -> list[tuple[GridRun, Path, str]]:
     """The runs still to train, each with its directory and label ("[i/n] name seed s"): a
-    finished run is skipped, an unfinished one moved aside; a run that another process is
+    run that ended (finished, or stopped early by a search's scheduler) is skipped, an
+    unfinished one moved aside; a run that another process is
     training raises a RunError before anything is touched."""
     out = Path(out)
     found = []
@@ -126,8 +133,8 @@ def pending(runs: list[GridRun], out: str | os.PathLike,
         if status is not None and not any(directory.iterdir()):
             directory.rmdir()  # made for a run that never started (the Ray engine makes them as it submits)
         elif status is not None:
-            if status.get("state") == "finished":
-                report(f"{label}: finished already, skipped")
+            if status.get("state") in ENDED:
+                report(f"{label}: {status['state']} already, skipped")
                 continue
             aside = free_name(directory)
             directory.rename(aside)

@@ -3,7 +3,8 @@ loaded later. Shipped checkpoints use the same layout, so one loader serves both
 
     config.json     model config, training config, data source and size, package versions,
                     which dropout, GELU, LayerNorm and attention kernels ran
-    status.json     running | finished | stopped | failed (with the error), pid, times
+    status.json     running | finished | stopped | failed (with the error) | stopped early
+                    (a search's scheduler ended it), pid, times
     progress.json   the latest step: epoch, step, images/s, ETA (rewritten every few seconds)
     metrics.jsonl   one JSON line per finished epoch
     maps/           images.json (which validation images) and epoch_NNN.npz, the learned-token
@@ -33,7 +34,7 @@ from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import CLASS_NAMES
 from tokenlearner.files import atomic_path, read_json, write_json, write_text
 
-STATES = ("running", "finished", "stopped", "failed")
+STATES = ("running", "finished", "stopped", "failed", "stopped early")
 
 
 class RunError(ValueError):
