@@ -8,6 +8,7 @@ from tokenlearner.compare import (deletable, delete_run, epochs_csv, for_display
 from tokenlearner.experiment import find_grids, grid_progress
 from tokenlearner.limits import Limits
 from tokenlearner.runs import PUBLISHED_GRIDS_DIR, find_grid_runs, find_runs
+from tokenlearner.search import is_search, search_table
 from tokenlearner.ui import as_text, main_picture, page_setup
 
 page_setup()
@@ -17,16 +18,26 @@ st.title("Compare")
 def grid_section(folder) -> None:
     try:
         rows = grid_progress(folder)
+        samples = search_table(folder) if is_search(folder) else None
     except (ValueError, KeyError, TypeError) as error:
         st.warning(f"{as_text(folder.name)}: its grid.json cannot be read ({as_text(str(error))})")
         return
     states = Counter(row["state"] for row in rows)
     st.markdown(f"**{as_text(folder.name)}**: " + ", ".join(
-        f"{states[state]} {state}" for state in ("finished", "running", "waiting", "failed", "stopped", "not started") if states[state]))
-    st.dataframe([{"config": row["config"], "seed": row["seed"], "state": row["state"],
-                   "epochs": f"{row['epochs_done']}/{row['epochs']}" if row["epochs"] else str(row["epochs_done"]),
-                   "test top-1 (%)": None if row["test_top1"] is None else round(100 * row["test_top1"], 2)}
-                  for row in rows], hide_index=True)
+        f"{states[state]} {state}" for state in ("finished", "running", "waiting", "stopped early", "failed", "stopped",
+                                                 "not started") if states[state]))
+    if samples is not None:
+        front = [row["run"] for row in samples if row["front"]]
+        st.plotly_chart(accuracy_cost_figure(samples, front, accuracy="val_top1", clickable=False),
+                        key=f"search_front_{folder.name}")
+        st.caption("A search: best validation top-1 against MACs; stars and the dotted line: the front among the "
+                   "samples that trained every epoch; hollow: stopped early by ASHA.")
+        st.dataframe(for_display(samples), hide_index=True)
+    else:
+        st.dataframe([{"config": row["config"], "seed": row["seed"], "state": row["state"],
+                       "epochs": f"{row['epochs_done']}/{row['epochs']}" if row["epochs"] else str(row["epochs_done"]),
+                       "test top-1 (%)": None if row["test_top1"] is None else round(100 * row["test_top1"], 2)}
+                      for row in rows], hide_index=True)
     curves = {f"{row['config']} seed {row['seed']}": row["directory"].epochs() for row in rows if row["epochs_done"]}
     if curves:
         st.plotly_chart(curves_overlay_figure(curves, "top1"), key=f"grid_curves_{folder.name}")

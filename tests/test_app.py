@@ -1,6 +1,7 @@
 """The Streamlit app, driven by streamlit.testing.v1.AppTest: every page renders without
 an exception, and moving a slider changes the MACs shown."""
 
+import json
 import os
 import subprocess
 
@@ -703,3 +704,32 @@ def test_compare_page_follows_a_grid_as_it_trains(explorer):
         assert list(table["epochs"]) == ["2", "0/2", "0"]
         assert table["test top-1 (%)"].iloc[0] == 43.21
     assert not any("No runs yet" in text.value for text in test.info)
+
+
+def test_compare_page_shows_a_searchs_front(explorer, tmp_path):
+    from tokenlearner.experiment import write_plan
+    from tokenlearner.search import read_space
+
+    space_file = tmp_path / "space.json"
+    space_file.write_text(json.dumps({"train": {"epochs": 3}, "space": {"model": {"num_tokens": [2, 4, 8]}}}))
+    space = read_space(space_file)
+    samples = sorted(space.samples(3), key=lambda run: run.model.num_tokens)  # cheapest first, as the table
+    search = explorer.path.parent / "search"
+    write_plan(samples, search, str(space_file), "ray", search=space.plan(3))
+    for run, state, curve in zip(samples, ("finished", "stopped early", "running"), ([0.3, 0.4, 0.5], [0.1], [0.2])):
+        directory = RunDirectory(search / run.name / "seed_0").create({"model": run.model.to_dict(),
+                                                                        "train": run.train.to_dict()})
+        for epoch, value in enumerate(curve, start=1):
+            directory.append_epoch({"epoch": epoch, "loss": 2.0, "top1": 0.3, "top5": 0.8, "val_loss": 2.0,
+                                    "val_top1": value, "val_top5": 0.7, "complete": True})
+        directory.set_status(state)
+
+    test = app().run()
+    test.switch_page("pages/compare.py").run()
+    assert not test.exception, test.exception
+    assert any(text.value == "**search**: 1 finished, 1 running, 1 stopped early" for text in test.markdown)
+    table = next(frame.value for frame in test.dataframe if "front" in frame.value)
+    assert list(table["run"]) == [run.name for run in samples]
+    assert list(table["state"]) == ["finished", "stopped early", "running"]
+    assert list(table["front"]) == [True, False, False] and list(table["val_top1"]) == [50.0, 10.0, 20.0]
+    assert any("hollow: stopped early by ASHA" in caption.value for caption in test.caption)

@@ -145,26 +145,34 @@ def training_curves_figure(epochs: list[dict], metric: str) -> go.Figure:
     return figure
 
 
-def accuracy_cost_figure(rows: list[dict], front: list[str], log_x: bool = False) -> go.Figure:
-    """Test top-1 against MACs, one labelled point per run, the Pareto front joined by a
-    line. The axes hug the points with a margin, so runs close in cost or accuracy stay
-    apart; every point's text is its run's name (`clicked_run` reads it back)."""
-    scored = [row for row in rows if row["test_top1"] is not None]
+ACCURACY_NAMES = {"test_top1": "test top-1", "val_top1": "best validation top-1"}
+
+
+def accuracy_cost_figure(rows: list[dict], front: list[str], log_x: bool = False, accuracy: str = "test_top1",
+                         clickable: bool = True) -> go.Figure:
+    """Accuracy (`accuracy`: test or best validation top-1) against MACs, one labelled
+    point per run (hollow: stopped early by a search), the Pareto front joined by a line.
+    The axes hug the points with a margin, so runs close in cost or accuracy stay apart;
+    every point's text is its run's name (`clicked_run` reads it back)."""
+    scored = [row for row in rows if row[accuracy] is not None]
     figure = go.Figure()
     best = sorted((row for row in scored if row["run"] in front), key=lambda row: row["macs_m"])
-    figure.add_scatter(name="Pareto front", x=[row["macs_m"] for row in best], y=[row["test_top1"] for row in best],
+    figure.add_scatter(name="Pareto front", x=[row["macs_m"] for row in best], y=[row[accuracy] for row in best],
                        mode="lines", line={"dash": "dot"}, hoverinfo="skip")
     x_range = _padded_range([row["macs_m"] for row in scored], log=log_x)
-    y_range = _padded_range([row["test_top1"] for row in scored], minimum_span=2.0)
-    figure.add_scatter(name="runs", x=[row["macs_m"] for row in scored], y=[row["test_top1"] for row in scored],
+    y_range = _padded_range([row[accuracy] for row in scored], minimum_span=2.0)
+    symbols = ["star" if row["run"] in front else "circle-open" if row.get("state") == "stopped early" else "circle"
+               for row in scored]
+    figure.add_scatter(name="runs", x=[row["macs_m"] for row in scored], y=[row[accuracy] for row in scored],
                        text=[row["run"] for row in scored], mode="markers+text",
                        textposition=_label_positions([row["macs_m"] for row in scored],
-                                                     [row["test_top1"] for row in scored], x_range, y_range, log_x),
-                       marker={"size": 12, "symbol": ["star" if row["run"] in front else "circle" for row in scored]},
-                       hovertemplate="%{text}<br>%{x:.2f} M MACs<br>%{y:.2f}% test top-1<extra>click to open</extra>")
+                                                     [row[accuracy] for row in scored], x_range, y_range, log_x),
+                       marker={"size": 12, "symbol": symbols},
+                       hovertemplate="%{text}<br>%{x:.2f} M MACs<br>%{y:.2f}% " + ACCURACY_NAMES[accuracy]
+                                     + ("<extra>click to open</extra>" if clickable else "<extra></extra>"))
     figure.update_layout(xaxis={"title": "MACs per image (millions)", "type": "log" if log_x else "linear",
                                 "range": x_range},
-                         yaxis={"title": "test top-1 (%)", "range": y_range}, height=420,
+                         yaxis={"title": f"{ACCURACY_NAMES[accuracy]} (%)", "range": y_range}, height=420,
                          margin={"t": 30, "b": 10}, legend={"orientation": "h", "y": 1.08})
     return figure
 
