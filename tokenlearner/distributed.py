@@ -389,6 +389,7 @@ def run_search_on_ray(todo: list[tuple[GridRun, Path, str]], epochs: int, grace_
     if not todo:
         return True
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C ends the command as it ends a grid
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # whose tables print at any verbosity: the lines below say what happens
     connect(address)
     mirrors = [_Mirror(run, directory, label) for run, directory, label in todo]
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -405,17 +406,20 @@ def run_search_on_ray(todo: list[tuple[GridRun, Path, str]], epochs: int, grace_
                 ended_early.add(index)
                 run = RunDirectory(mirrors[index].directory)
                 run.set_status("stopped early", epoch=result["epoch"], worker=run.status().get("worker"))
-                report(f"{mirrors[index].label}: stopped early by ASHA after epoch {result['epoch']}: its val top-1 "
-                       f"{result['val_top1']:.3f} is below the best 1/{reduction_factor} of those that reached it")
             return action
 
     class Progress(tune.Callback):
+        """Says what happens to each sample (Tune's own tables are off); called after the scheduler."""
+
         def on_trial_start(self, iteration, trials, trial, **info):
             report(f"{mirrors[trial.config['sample']].label}: training")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            report(f"{mirrors[trial.config['sample']].label}: epoch {result['epoch']}: "
-                   f"val top-1 {result['val_top1']:.3f}")
+            label = mirrors[trial.config["sample"]].label
+            report(f"{label}: epoch {result['epoch']}: val top-1 {result['val_top1']:.3f}")
+            if trial.config["sample"] in ended_early:
+                report(f"{label}: stopped early by ASHA after epoch {result['epoch']}: its val top-1 is below the best "
+                       f"1/{reduction_factor} of those that reached that epoch")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             if trial.config["sample"] not in ended_early:
