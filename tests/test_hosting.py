@@ -75,7 +75,7 @@ def test_the_rehearsal_runs_small_and_starts_one_job_from_simultaneous_starts(ci
     if not os.path.exists(chromium):
         pytest.skip("no Chromium here: install Debian's chromium package (apt-get install chromium)")
     pytest.importorskip("playwright", reason="pip install playwright (requirements-dev.txt)")
-    result = tokenlearner_command("rehearse", "--sessions", "2", "--seconds", "15", "--train-images", "2000",
+    result = tokenlearner_command("rehearse", "--sessions", "2", "--seconds", "8", "--train-images", "2000",
                                   "--test-images", "500", "--data-dir", str(cifar_dir), "--work", str(tmp_path),
                                   "--chromium", chromium, "--json", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -20,16 +20,26 @@ from tokenlearner.keras_io import (
 )
 from tokenlearner.runs import RunDirectory
 
-# our flags, and more flags for the reference (whose model flags come from `reference_flags`)
+# Our flags, and more flags for the reference (whose model flags come from `reference_flags`): the example's
+# model, without TokenLearner, and deeper with TokenLearner elsewhere. Its other rows differ from these in a
+# number only (8 tokens, 8 blocks), which the published parameter counts below check without the reference.
 CONFIGS = {
     "4-tokens": ((), ()),
-    "8-tokens": (("--tokens", "8"), ()),
     "no-tokenlearner": (("--tokenlearner", "none"), ()),
-    "depth-8-no-tokenlearner": (("--tokenlearner", "none", "--depth", "8"), ()),
     "depth-8-4-tokens": (("--depth", "8", "--placement", "5"), ("--seed", "5")),
 }
 PUBLISHED_PARAMS = {"4-tokens": 1_349_946, "8-tokens": 1_355_850, "no-tokenlearner": 1_344_650,
                     "depth-8-no-tokenlearner": 2_665_610}
+PUBLISHED_CONFIGS = {"4-tokens": ModelConfig(), "8-tokens": ModelConfig(num_tokens=8),
+                     "no-tokenlearner": ModelConfig(tokenlearner="none"),
+                     "depth-8-no-tokenlearner": ModelConfig(tokenlearner="none", depth=8)}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_PARAMS))
+def test_the_models_have_the_examples_published_parameter_counts(name):
+    from tokenlearner.flops import count
+
+    assert count(PUBLISHED_CONFIGS[name]).params == PUBLISHED_PARAMS[name]
 
 
 @pytest.mark.slow
