@@ -243,14 +243,7 @@ def plot_accuracy_vs_macs(tables: dict[str, list[dict]], path: str | os.PathLike
     """A PNG of test top-1 (mean ± std over seeds) against MACs, one series per entry of
     `tables` (label -> `results` rows), with the published keras.io top-1 of each preset
     row as hollow markers. Needs matplotlib (requirements-dev.txt)."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise RuntimeError("the results figure needs matplotlib: pip install -r requirements-dev.txt") from None
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, axes = pyplot.subplots(figsize=(7.5, 4.8), dpi=120)
+    figure, axes = new_figure()
     published, points = {}, []
     for (label, rows), marker in zip(tables.items(), "osD^v"):
         shown = [row for row in rows if row["top1_mean"] is not None]
@@ -263,15 +256,39 @@ def plot_accuracy_vs_macs(tables: dict[str, list[dict]], path: str | os.PathLike
     if published:
         axes.scatter([macs / 1e6 for macs in published], list(published.values()), facecolors="none",
                      edgecolors="gray", label="keras.io, published (full CIFAR-10)")
-    # from zero, so MACs compare as ratios, and with room for the labels on both sides
-    axes.set_xlim(0, 1.15 * max([x for _, x, _ in points] + [macs / 1e6 for macs in published], default=1))
+    finish_axes(axes, max([x for _, x, _ in points] + [macs / 1e6 for macs in published], default=1),
+                "test top-1 (%)", title)
+    _label_points(axes, points)  # last: it needs the final axis limits and layout
+    return save_figure(figure, path)
+
+
+def new_figure():
+    """A figure and axes of the results' size; matplotlib is in requirements-dev.txt only."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise RuntimeError("the figure needs matplotlib: pip install -r requirements-dev.txt") from None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot.subplots(figsize=(7.5, 4.8), dpi=120)
+
+
+def finish_axes(axes, largest_macs_m: float, ylabel: str, title: str) -> None:
+    """MACs from zero (so they compare as ratios, with room for labels on both sides), the
+    labels, grid and legend, and the final layout."""
+    axes.set_xlim(0, 1.15 * largest_macs_m)
     axes.set_xlabel("multiply-accumulates per image (M)")
-    axes.set_ylabel("test top-1 (%)")
+    axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    _label_points(axes, points)  # last: it needs the final axis limits and layout
+    axes.figure.tight_layout()
+
+
+def save_figure(figure, path: str | os.PathLike) -> Path:
+    from matplotlib import pyplot
+
     path = Path(path)
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")

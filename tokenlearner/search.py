@@ -37,8 +37,8 @@ import numpy as np
 
 from tokenlearner.compare import pareto_front, to_csv
 from tokenlearner.config import ModelConfig, TrainConfig
-from tokenlearner.experiment import BUILT_IN, PLAN_FILE, GridRun, grid_progress
-from tokenlearner.files import atomic_path, read_json, write_text
+from tokenlearner.experiment import BUILT_IN, PLAN_FILE, GridRun, finish_axes, grid_progress, new_figure, save_figure
+from tokenlearner.files import read_json, write_text
 from tokenlearner.flops import count
 from tokenlearner.presets import DEFAULT_PRESET, preset
 
@@ -236,14 +236,7 @@ def _or_blank(value) -> str:
 def plot_front(rows: list[dict], path: str | os.PathLike, title: str) -> Path:
     """A PNG of validation top-1 against MACs: every sample that trained an epoch (hollow:
     stopped early), the front joined by a line. Needs matplotlib (requirements-dev.txt)."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise RuntimeError("the front's figure needs matplotlib: pip install -r requirements-dev.txt") from None
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, axes = pyplot.subplots(figsize=(7.5, 4.8), dpi=120)
+    figure, axes = new_figure()
     trained = [row for row in rows if row.get("val_top1") is not None]
     for label, chosen, style in (
             ("trained every epoch", [row for row in trained if row["state"] == "finished"], {"color": "C0"}),
@@ -259,15 +252,5 @@ def plot_front(rows: list[dict], path: str | os.PathLike, title: str) -> Path:
     for row in front:
         axes.annotate(row["run"], (row["macs_m"], row["val_top1"]), textcoords="offset points", xytext=(5, 4),
                       fontsize=7)
-    axes.set_xlim(0, 1.15 * max((row["macs_m"] for row in trained), default=1))
-    axes.set_xlabel("multiply-accumulates per image (M)")
-    axes.set_ylabel("best validation top-1 (%)")
-    axes.set_title(title, fontsize=10)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
-    pyplot.close(figure)
-    return path
+    finish_axes(axes, max((row["macs_m"] for row in trained), default=1), "best validation top-1 (%)", title)
+    return save_figure(figure, path)
