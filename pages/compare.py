@@ -18,7 +18,7 @@ st.title("Compare")
 def grid_section(folder) -> None:
     try:
         rows = grid_progress(folder)
-        samples = search_table(folder) if is_search(folder) else None
+        samples = search_table(folder, rows) if is_search(folder) else None
     except (ValueError, KeyError, TypeError) as error:
         st.warning(f"{as_text(folder.name)}: its grid.json cannot be read ({as_text(str(error))})")
         return

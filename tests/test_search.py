@@ -5,7 +5,7 @@ import json
 import pytest
 from conftest import tokenlearner_command
 
-from tokenlearner.experiment import write_plan
+from tokenlearner.experiment import grid_progress, write_plan
 from tokenlearner.runs import RunDirectory
 from tokenlearner.search import plot_front, read_space, search_table, write_search_results
 
@@ -124,7 +124,7 @@ def test_the_front_is_drawn_from_the_runs_that_trained_every_epoch(tmp_path):
     _sample_run(out, by_name[others[0]], "stopped early", [0.9])  # high, but after one epoch: not comparable
     _sample_run(out, by_name[others[1]], "finished", [0.1, 0.1, 0.2, 0.2], test_top1=0.2)
 
-    rows = search_table(out)
+    rows = search_table(out, grid_progress(out))
     by_run = {row["run"]: row for row in rows}
     assert [row["run"] for row in rows if row["front"]] == [cheapest, dearest]
     assert by_run[others[0]]["state"] == "stopped early" and not by_run[others[0]]["front"]

@@ -295,7 +295,7 @@ def run_predict(args: argparse.Namespace) -> None:
 
 
 def run_search(args: argparse.Namespace) -> None:
-    from tokenlearner.experiment import pending, write_plan
+    from tokenlearner.experiment import grid_progress, pending, write_plan
     from tokenlearner.search import plot_front, read_space, search_table, write_search_results
 
     if args.samples < 1:
@@ -318,7 +318,7 @@ def run_search(args: argparse.Namespace) -> None:
                 return
         except RayUnavailable as error:
             raise UsageError(str(error)) from None
-    rows = search_table(args.out)
+    rows = search_table(args.out, grid_progress(args.out))
     csv_path, front_path = write_search_results(rows, args.out)
     print(front_path.read_text(), end="")
     print(f"wrote {csv_path} and {front_path}")

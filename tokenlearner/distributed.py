@@ -138,12 +138,12 @@ def train_streaming(run: GridRun, data_dir: str | None, cpus: int):
 class _Mirror:
     """This process's copy of one run directory, written from what its task sends."""
 
-    def __init__(self, run: GridRun, directory: Path, label: str, driver: dict | None = None,
-                 command: list[str] | None = None):
+    def __init__(self, run: GridRun, directory: Path, label: str):
         self.run, self.directory, self.label = run, directory, label
-        # The driver (the experiment command) owns the folder: its status names the driver's
-        # process, and the run's record the driver's command, each with where the run trains.
-        self.driver, self.command = driver or processes.identity(), command or sys.argv
+        # The driver (the experiment command, which makes every mirror) owns the folder: its status
+        # names the driver's process, and the run's record the driver's command, each with where the
+        # run trains; a search's sink actor writes through copies of these, made here.
+        self.driver, self.command = processes.identity(), sys.argv
         self.attempt, self.worker, self.epochs_reported = 0, None, 0
 
     def write(self, relative: str, data: bytes, worker: dict) -> None:

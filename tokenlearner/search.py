@@ -37,7 +37,7 @@ import numpy as np
 
 from tokenlearner.compare import pareto_front, to_csv
 from tokenlearner.config import ModelConfig, TrainConfig
-from tokenlearner.experiment import BUILT_IN, PLAN_FILE, GridRun, finish_axes, grid_progress, new_figure, save_figure
+from tokenlearner.experiment import BUILT_IN, PLAN_FILE, GridRun, finish_axes, new_figure, save_figure
 from tokenlearner.files import read_json, write_text
 from tokenlearner.flops import count
 from tokenlearner.presets import DEFAULT_PRESET, preset
@@ -175,26 +175,26 @@ def is_search(out: str | os.PathLike) -> bool:
     return "search" in read_json(Path(out) / PLAN_FILE)
 
 
-def search_table(out: str | os.PathLike) -> list[dict]:
-    """One row per sample of the search in OUT/grid.json, cheapest first: its drawn knobs,
-    state, epochs trained, best validation top-1 and test top-1 (percent), MACs, and
-    whether it is on the front (validation top-1 against MACs, among runs that trained
-    every epoch)."""
+def search_table(out: str | os.PathLike, progress: list[dict]) -> list[dict]:
+    """One row per sample of the search in OUT (`progress`: its `grid_progress` rows),
+    cheapest first: its drawn knobs, state, epochs trained, best validation top-1 and test
+    top-1 (percent), MACs, and whether it is on the front (validation top-1 against MACs,
+    among runs that trained every epoch)."""
     knobs = read_json(Path(out) / PLAN_FILE)["search"]["knobs"]
     rows = []
-    for progress in grid_progress(out):
-        directory = progress["directory"]
+    for sample in progress:
+        directory = sample["directory"]
         started = directory.config_file.is_file()
         record = directory.record() if started else {}
         cost = count(directory.model_config()) if started else None
         best = max((epoch["val_top1"] for epoch in directory.epochs()), default=None)
         rows.append({
-            "run": progress["config"],
-            **{knob: _shown(record.get(part, {}).get(knob)) for part in ("model", "train") for knob in knobs[part]},
-            "state": progress["state"],
-            "epochs": progress["epochs_done"],
+            "run": sample["config"],
+            **{knob: record.get(part, {}).get(knob) for part in ("model", "train") for knob in knobs[part]},
+            "state": sample["state"],
+            "epochs": sample["epochs_done"],
             "val_top1": None if best is None else round(100 * best, 2),
-            "test_top1": None if progress["test_top1"] is None else round(100 * progress["test_top1"], 2),
+            "test_top1": None if sample["test_top1"] is None else round(100 * sample["test_top1"], 2),
             "macs_m": round(cost.macs / 1e6, 2) if cost else None,
             "params": cost.params if cost else None,
         })
@@ -202,10 +202,6 @@ def search_table(out: str | os.PathLike) -> list[dict]:
     for row in rows:
         row["front"] = row["run"] in front
     return sorted(rows, key=lambda row: (row["macs_m"] is None, row["macs_m"] or 0, row["run"]))
-
-
-def _shown(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 def write_search_results(rows: list[dict], out: str | os.PathLike) -> tuple[Path, Path]:
