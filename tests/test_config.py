@@ -14,6 +14,15 @@ def test_defaults_are_the_keras_io_example():
     assert (config.tokenlearner, config.num_tokens, config.placement) == ("v1", 4, 3)
     assert config.pooling == "mean" and not config.fuser
     assert config.num_patches == 64 and config.tokens_per_block() == [64, 64, 64, 4]
+    assert (config.frames, config.tubelet_frames, config.is_video) == (1, 1, False)
+
+
+def test_a_clips_blocks_attend_over_every_slice():
+    clip = ModelConfig(frames=8, tubelet_frames=2)
+    assert (clip.temporal_slices, clip.input_shape) == (4, (8, 32, 32, 3))
+    assert clip.tokens_per_block() == [4 * 64] * 3 + [4 * 4]
+    assert clip.replace(fuser=True, placement=2).tokens_per_block() == [256, 256, 16, 16]
+    assert clip.final_tokens() == 16 and clip.replace(tokenlearner="none").final_tokens() == 256
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -48,6 +57,10 @@ def test_json_round_trip(name):
         ({"fuser": 1}, "fuser=1 must be of type bool, not int"),
         ({"fuser": True, "tokenlearner": "none"}, "fuser=True needs a TokenLearner"),
         ({"fuser": True, "placement": 4}, "placement=4 with fuser=True must be less than depth=4"),
+        ({"frames": 0}, "frames=0 is out of range: must be from 1 to 64"),
+        ({"frames": 65}, "frames=65 is out of range"),
+        ({"frames": 4, "tubelet_frames": 8}, "tubelet_frames=8 is out of range: must be from 1 to 4 (at most frames)"),
+        ({"frames": 6, "tubelet_frames": 4}, "tubelet_frames=4 does not divide frames=6"),
         ({"tokenlearner": "v11", "v11_groups": 3}, "v11_groups=3 does not divide dim=128"),
         ({"tokenlearner": "v11", "pooling": "sum"}, "pooling='sum' applies to TokenLearner v1.0 only"),
     ],
@@ -135,7 +148,8 @@ def test_config_import_does_not_load_tensorflow():
     ModelConfig(),
     ModelConfig(tokenlearner="v11", v11_style="mlp", fuser=True, placement=1, mlp_units=(64, 128), dropout=0.0),
     ModelConfig(depth=8, placement=0, pooling="sum", inference_crop="center"),
-], ids=["keras-io", "v11-fuser", "sum-pooling-depth-8"])
+    ModelConfig(frames=8, tubelet_frames=2, num_tokens=8),
+], ids=["keras-io", "v11-fuser", "sum-pooling-depth-8", "clip-tubelets"])
 def test_config_flags_give_back_the_configs(model):
     from tokenlearner.cli import build_parser
     from tokenlearner.flags import config_flags, model_config, train_config

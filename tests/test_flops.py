@@ -39,6 +39,28 @@ def test_tiny_model_by_hand():
     assert report.macs_by_category()["attention_matmuls"] == 64
 
 
+def test_tiny_clip_by_hand():
+    """The tiny model above on clips of 4 frames cut into tubelets of 2: two slices of 4
+    patches. The blocks attend over all 2 x 2 tokens; TokenLearner and TokenFuser run on
+    each slice's 4 patches."""
+    image = ModelConfig(input_size=8, resize_size=8, image_size=8, patch_size=4, dim=4, depth=2, heads=1,
+                        key_dim=2, mlp_units=(3, 4), num_tokens=2, placement=1, fuser=True)
+    clip = image.replace(frames=4, tubelet_frames=2)
+    assert [(stage.name, stage.tokens) for stage in clip.stages()] == [
+        ("block_0", 8), ("token_learner_1", 8), ("block_1", 4), ("token_fuser_1", 4)]
+    macs = count(clip).macs_by_layer()
+    assert macs["patch_embedding"] == 8 * (4 * 4 * 3 * 2) * 4  # 8 patches, 2 frames of 48 inputs each
+    qkv, output, mlp = 4 * (3 * 2), 2 * 4, 4 * 3 + 3 * 4  # per token
+    assert macs["block_0"] == 8 * (qkv + output + mlp) + 2 * 8 * 8 * 2  # T = 8: QK^T and AV
+    assert macs["block_1"] == 4 * (qkv + output + mlp) + 2 * 4 * 4 * 2  # T = 2 slices x 2 tokens
+    per_slice_learner = 4 * 9 * 4 * 2 + 3 * (4 * 9 * 2 * 2) + 2 * 4 * 4
+    assert macs["token_learner_1"] == 2 * per_slice_learner
+    per_slice_fuser = 4 * 2 * 2 + 4 * 4 * 64 + 4 * 64 * 2 + 4 * 2 * 4  # mixer, gate MLP, fusion
+    assert macs["token_fuser_1"] == 2 * per_slice_fuser
+    assert macs["classifier"] == 4 * 10
+    assert count(clip).params == count(image).params + (4 * 4 * 3) * 4 + 4 * 4  # a second frame's kernel, 4 more positions
+
+
 @pytest.mark.parametrize("name", list(REFERENCE_MEASURED))
 def test_keras_io_convention_reproduces_the_published_table(name):
     gflops = count(PRESETS[name]).keras_io_gflops
@@ -60,6 +82,12 @@ VARIANTS = {
     "v1-sum-fuser": ModelConfig(fuser=True, pooling="sum", placement=2),
     "v11-mlp-fuser": ModelConfig(tokenlearner="v11", v11_style="mlp", fuser=True, placement=1),
     "patch-4-16-tokens": ModelConfig(patch_size=4, num_tokens=16, placement=0),
+    "clip-4-frames": ModelConfig(frames=4),
+    "clip-4-frames-v1-sum-fuser": ModelConfig(frames=4, fuser=True, pooling="sum", placement=2),
+    "clip-4-frames-tubelets-of-2-v11": ModelConfig(frames=4, tubelet_frames=2, tokenlearner="v11",
+                                                   placement=1, num_tokens=8),
+    "clip-2-frames-v11-mlp-fuser": ModelConfig(frames=2, tokenlearner="v11", v11_style="mlp", fuser=True,
+                                               placement=3),
 }
 
 
@@ -75,7 +103,7 @@ def test_full_count_against_the_profiler_on_our_graph(name, monkeypatch):
     monkeypatch.setattr(native, "load", lambda: None)
 
     config = VARIANTS[name]
-    counted = float_ops(build_model(config))
+    counted = float_ops(build_model(config), (1, *config.input_shape))
     report = count(config)
     assert sum(f for _, op, f in counted if op in MATRIX_OPS) == report.flops
     elementwise_share = sum(f for _, _, f in counted) / report.flops - 1
@@ -99,6 +127,23 @@ def test_flops_command_json():
     assert round(report["keras_io_gflops"], 4) == 0.0154
     assert sum(layer["macs"] for layer in report["layers"]) == report["macs"]
     assert {"name", "macs"} <= set(report["layers"][0])
+
+
+def test_flops_command_counts_clips():
+    result = tokenlearner_command("flops", "--frames", "8", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report.pop("config")["frames"] == 8
+    assert report == json.loads(json.dumps(count(ModelConfig(frames=8)).to_dict()))
+    image = count(ModelConfig())
+    assert report["params"] == image.params + 7 * 64 * 128  # position embeddings for 7 more frames
+    assert report["macs_by_category"]["patch_embedding"] == 8 * image.macs_by_category()["patch_embedding"]
+    table = tokenlearner_command("flops", "--frames", "8").stdout
+    every_patch = count(ModelConfig(frames=8, tokenlearner="none")).macs
+    assert f"MACs per clip               {report['macs']:,}" in table
+    assert f"without TokenLearner        {every_patch:,} MACs, every block over all 512 patches" in table
+    refused = tokenlearner_command("flops", "--frames", "8", "--tubelet-frames", "3")
+    assert refused.returncode == 2 and "tubelet_frames=3 does not divide frames=8" in refused.stderr
 
 
 def test_flops_command_table():

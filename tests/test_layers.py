@@ -22,6 +22,10 @@ RNG = np.random.default_rng(0)
 SEQUENCE = RNG.normal(size=(2, 16, 8)).astype("float32")  # (B, N = 4x4, C)
 TOKENS = RNG.normal(size=(2, 3, 8)).astype("float32")  # (B, S, C)
 IMAGES = RNG.uniform(0, 255, size=(2, 12, 12, 3)).astype("float32")
+CLIPS = RNG.uniform(0, 255, size=(2, 4, 12, 12, 3)).astype("float32")  # (B, T, H, W, 3)
+STACKED = RNG.uniform(0, 1, size=(2, 12, 12, 4 * 3)).astype("float32")  # a clip's frames along the channels
+CLIP_SEQUENCE = RNG.normal(size=(2, 2 * 16, 8)).astype("float32")  # (B, L = 2 slices x N, C)
+CLIP_TOKENS = RNG.normal(size=(2, 2 * 3, 8)).astype("float32")  # (B, L x S, C)
 
 # (layer factory, inputs, expected output shape, expected trainable weight count)
 CASES = {
@@ -42,6 +46,15 @@ CASES = {
                               16 + 8 * 6 + 6 + 6 * 3 + 3),
     "token_fuser": (lambda: TokenFuser(bottleneck_dim=6), (TOKENS, SEQUENCE), (2, 16, 8),
                     3 * 16 + 3 * 3 + 3 + 8 * 6 + 6 + 6 * 3 + 3),
+    "preprocessing_clip": (lambda: ImagePreprocessing(14, 12, frames=4), (CLIPS,), (2, 12, 12, 12), 0),
+    "patch_embedding_tubelets": (lambda: PatchEmbedding(3, 8, temporal_slices=2), (STACKED,), (2, 32, 8),
+                                 3 * 3 * 6 * 8 + 8 + 32 * 8),
+    "token_learner_clip": (lambda: TokenLearner(3, temporal_slices=2), (CLIP_SEQUENCE,), (2, 6, 8),
+                           16 + 9 * 8 * 3 + 3 * 9 * 3 * 3),
+    "token_learner_v11_clip": (lambda: TokenLearnerV11(3, groups=2, temporal_slices=2), (CLIP_SEQUENCE,),
+                               (2, 6, 8), 16 + 2 * 8 * 4 + 8 * 3),
+    "token_fuser_clip": (lambda: TokenFuser(bottleneck_dim=6, temporal_slices=2), (CLIP_TOKENS, CLIP_SEQUENCE),
+                         (2, 32, 8), 3 * 16 + 3 * 3 + 3 + 8 * 6 + 6 + 6 * 3 + 3),
 }
 
 
@@ -128,6 +141,72 @@ def test_preprocessing_augments_only_in_training():
     assert np.array_equal(np.asarray(layer(images)), np.asarray(layer(images)))
     crops = {np.asarray(layer(images, training=True)).tobytes() for _ in range(8)}
     assert len(crops) > 1
+
+
+LEARNERS = {
+    "v1": lambda slices: TokenLearner(3, temporal_slices=slices),
+    "v11_grouped": lambda slices: TokenLearnerV11(3, groups=2, temporal_slices=slices),
+    "v11_mlp": lambda slices: TokenLearnerV11(3, style="mlp", bottleneck_dim=6, temporal_slices=slices),
+}
+
+
+@pytest.mark.parametrize("version", list(LEARNERS))
+def test_token_learner_learns_each_temporal_slice_on_its_own(version):
+    """On a clip, the official code's TokenLearner: each slice's tokens and maps are what
+    the image layer, with the same weights, gives for that slice alone."""
+    clip_layer, image_layer = LEARNERS[version](2), LEARNERS[version](1)
+    tokens, maps = clip_layer(CLIP_SEQUENCE, return_maps=True)
+    image_layer.build(SEQUENCE.shape)
+    image_layer.set_weights(clip_layer.get_weights())
+    assert tuple(maps.shape) == (2, 2, 3, 4, 4)
+    for index in range(2):
+        slice_tokens, slice_maps = image_layer(CLIP_SEQUENCE[:, 16 * index : 16 * (index + 1)], return_maps=True)
+        np.testing.assert_allclose(np.asarray(tokens)[:, 3 * index : 3 * (index + 1)], np.asarray(slice_tokens),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(maps)[:, index], np.asarray(slice_maps), rtol=1e-5, atol=1e-6)
+
+
+def test_token_fuser_fuses_each_temporal_slice_on_its_own():
+    clip_layer, image_layer = TokenFuser(bottleneck_dim=6, temporal_slices=2), TokenFuser(bottleneck_dim=6)
+    clip_layer(CLIP_TOKENS, CLIP_SEQUENCE)
+    # Away from its zero initialisation, so that the tokens reach the output.
+    clip_layer.set_weights([w + RNG.normal(scale=0.1, size=w.shape) for w in clip_layer.get_weights()])
+    image_layer(TOKENS, SEQUENCE)
+    image_layer.set_weights(clip_layer.get_weights())
+    fused, gates = clip_layer(CLIP_TOKENS, CLIP_SEQUENCE, return_maps=True)
+    assert tuple(gates.shape) == (2, 2, 3, 4, 4)
+    for index in range(2):
+        slice_fused, slice_gates = image_layer(CLIP_TOKENS[:, 3 * index : 3 * (index + 1)],
+                                               CLIP_SEQUENCE[:, 16 * index : 16 * (index + 1)], return_maps=True)
+        np.testing.assert_allclose(np.asarray(fused)[:, 16 * index : 16 * (index + 1)], np.asarray(slice_fused),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(gates)[:, index], np.asarray(slice_gates), rtol=1e-5, atol=1e-6)
+
+
+def test_patch_embedding_of_tubelets_is_a_3d_convolution():
+    """A tubelet patch over 2 frames is ViViT's strided 3D convolution, slice after slice."""
+    layer = PatchEmbedding(3, 8, temporal_slices=2)
+    patches = np.asarray(layer(STACKED))
+    clip = STACKED.reshape(2, 12, 12, 4, 3).transpose(0, 3, 1, 2, 4)  # (B, T, H, W, 3)
+    conv = keras.layers.Conv3D(8, (2, 3, 3), strides=(2, 3, 3))
+    conv.build(clip.shape)
+    kernel, bias = layer.projection.get_weights()  # (3, 3, 2 frames x 3 channels, 8)
+    conv.set_weights([kernel.reshape(3, 3, 2, 3, 8).transpose(2, 0, 1, 3, 4), bias])
+    expected = np.asarray(conv(clip)).reshape(2, 32, 8) + np.asarray(layer.position_embedding)
+    np.testing.assert_allclose(patches, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_preprocessing_crops_and_flips_every_frame_of_a_clip_alike():
+    layer = ImagePreprocessing(16, 12, frames=4)
+    still = np.repeat(CLIPS[:, :1], 4, axis=1)  # four copies of one frame
+    for _ in range(4):
+        frames = np.asarray(layer(still, training=True)).reshape(2, 12, 12, 4, 3)
+        for index in range(1, 4):
+            np.testing.assert_array_equal(frames[..., index, :], frames[..., 0, :])
+    at_inference = np.asarray(layer(CLIPS)).reshape(2, 12, 12, 4, 3)
+    for index in range(4):
+        np.testing.assert_allclose(at_inference[..., index, :], np.asarray(ImagePreprocessing(16, 12)(CLIPS[:, index])),
+                                   rtol=1e-6)
 
 
 def test_non_square_positions_are_refused():

@@ -82,6 +82,90 @@ def test_backward_reaches_every_weight(name):
         assert np.any(gradient != 0), f"{variable.path} has an all-zero gradient"
 
 
+VIDEO_BASES = {
+    "v1": ModelConfig(depth=2, placement=1),
+    "v11-mlp-fuser": ModelConfig(tokenlearner="v11", v11_style="mlp", fuser=True, depth=2, placement=1),
+    "v11-grouped-at-embedding": ModelConfig(tokenlearner="v11", depth=2, placement=0, num_tokens=8),
+    "no-tokenlearner": ModelConfig(tokenlearner="none", depth=2, placement=1),
+}
+# Clips of 1, 2 and 4 frames, as scenic's tests take them, and tubelets of 2 frames.
+VIDEO_VARIANTS = {
+    **{f"{name}-{frames}-frames": base.replace(frames=frames) for name, base in VIDEO_BASES.items()
+       for frames in (1, 2, 4)},
+    "v1-4-frames-tubelets-of-2": VIDEO_BASES["v1"].replace(frames=4, tubelet_frames=2),
+    "v11-mlp-fuser-4-frames-tubelets-of-4": VIDEO_BASES["v11-mlp-fuser"].replace(frames=4, tubelet_frames=4),
+}
+
+
+def clips_for(config: ModelConfig, count: int = 2) -> np.ndarray:
+    return np.random.default_rng(2).uniform(0, 255, size=(count, *config.input_shape)).astype("float32")
+
+
+@pytest.mark.parametrize("name", list(VIDEO_VARIANTS))
+def test_video_forward_maps_layout_and_parameter_count(name):
+    config = VIDEO_VARIANTS[name]
+    model = build_model(config)
+    assert model.count_params() == count_params(config)
+    probabilities, maps = predict_with_maps(model, clips_for(config))
+    assert probabilities.shape == (2, config.num_classes)
+    per_slice = (config.temporal_slices,) if config.is_video else ()  # one frame: the image model's maps
+    expected = {stage.name: (2, *per_slice, config.num_tokens, config.grid_size, config.grid_size)
+                for stage in config.stages() if stage.kind != "block"}
+    assert {key: value.shape for key, value in maps.items()} == expected
+    for stage in config.stages():
+        if stage.kind == "block":
+            assert model.get_layer(stage.name).input.shape[1] == stage.tokens
+
+
+def test_a_one_frame_model_is_the_image_model():
+    config = ModelConfig(frames=1)
+    assert config == ModelConfig() and config.input_shape == (32, 32, 3)
+    assert ModelConfig.from_dict({k: v for k, v in config.to_dict().items()
+                                  if k not in ("frames", "tubelet_frames")}) == config
+    model = build_model(config)
+    assert model.input_shape == (None, 32, 32, 3)
+    assert [(w.path, tuple(w.shape)) for w in model.weights] == \
+        [(w.path, tuple(w.shape)) for w in build_model(ModelConfig()).weights]
+
+
+@pytest.mark.parametrize("name", ["v1-4-frames", "v11-mlp-fuser-2-frames", "v1-4-frames-tubelets-of-2"])
+def test_video_backward_reaches_every_weight(name):
+    model = build_model(VIDEO_VARIANTS[name])
+    rng = np.random.default_rng(1)
+    for variable in model.trainable_weights:
+        variable.assign(variable.numpy() + rng.normal(scale=0.02, size=variable.shape).astype("float32"))
+    with tf.GradientTape() as tape:
+        probabilities = model(clips_for(VIDEO_VARIANTS[name]), training=True)
+        loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(np.array([3, 7]), probabilities))
+    for variable, gradient in zip(model.trainable_weights, tape.gradient(loss, model.trainable_weights), strict=True):
+        assert gradient is not None and np.any(np.asarray(gradient) != 0), f"{variable.path} gets no gradient"
+
+
+@pytest.mark.parametrize("tokenlearner", ["v1", "v11"])
+def test_each_frames_tokens_are_learned_from_that_frame(tokenlearner):
+    """Placed right after the patch embedding, a clip's TokenLearner sees each frame on its
+    own: changing frame 2 changes frame 2's maps only. One block earlier, attention over
+    every frame's patches carries the change into all of them."""
+    early = ModelConfig(frames=4, tokenlearner=tokenlearner, depth=1, placement=0)
+    later = early.replace(placement=1)
+    clips = clips_for(early, 1)
+    changed = clips.copy()
+    changed[:, 2] = 255 - changed[:, 2]
+    for config, touched in ((early, [2]), (later, [0, 1, 2, 3])):
+        model = build_model(config)
+        before, after = (attention_maps(model, x)["token_learner"][0] for x in (clips, changed))
+        differs = [index for index in range(4) if not np.allclose(before[index], after[index], atol=1e-6)]
+        assert differs == touched, config
+
+
+def test_a_clip_of_the_wrong_shape_is_refused():
+    model = build_model(ModelConfig(frames=4, depth=1, placement=1))
+    with pytest.raises(ValueError, match=r"expected a batch of clips \(B, T, H, W, 3\) of shape \(B, 4, 32, 32, 3\)"):
+        predict_with_maps(model, np.zeros((1, 2, 32, 32, 3)))
+    with pytest.raises(ValueError, match="expected a batch of RGB images"):
+        predict_with_maps(build_model(ModelConfig(depth=1, placement=1)), np.zeros((1, 4, 32, 32, 3)))
+
+
 @pytest.mark.parametrize("name", ["keras-io-4-tokens", "keras-io-no-tokenlearner", "v11-grouped-fuser"])
 def test_run_directory_round_trip(name, tmp_path):
     config = VARIANTS[name]

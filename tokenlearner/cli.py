@@ -71,7 +71,7 @@ def import_keras_quietly(one_thread_per_op: bool = False) -> None:
 
 
 def run_flops(args: argparse.Namespace) -> None:
-    from tokenlearner.flops import count
+    from tokenlearner.flops import count, without_tokenlearner
 
     config = model_config(args)
     report = count(config)
@@ -85,12 +85,17 @@ def run_flops(args: argparse.Namespace) -> None:
         print(f"{layer.name:<{name_width}}  {layer.category:<21}  {layer.macs:>12,}  {share:>5.1f}%  "
               f"{layer.keras_io_flops:>18,}")
     visible = report.keras_io_gflops * 1e9 / report.macs
+    unit = "clip " if config.is_video else "image"
     print()
     print(f"parameters                  {report.params:,}")
-    print(f"MACs per image              {report.macs:,}")
-    print(f"FLOPs per image             {report.flops:,}  (2 x MACs)")
+    print(f"MACs per {unit}              {report.macs:,}")
+    print(f"FLOPs per {unit}             {report.flops:,}  (2 x MACs)")
     print(f"keras.io-convention GFLOPs  {report.keras_io_gflops:.5f}  "
           f"(sees {100 * visible:.0f}% of the MACs: attention is invisible to it)")
+    if config.tokenlearner != "none":
+        every_patch = count(without_tokenlearner(config)).macs
+        print(f"without TokenLearner        {every_patch:,} MACs, every block over all "
+              f"{config.temporal_slices * config.num_patches} patches ({every_patch / report.macs:.2f} times)")
 
 
 # import-keras-io -------------------------------------------------------------------------

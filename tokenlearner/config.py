@@ -22,6 +22,7 @@ INFERENCE_CROPS = ("top_left", "center")
 
 MAX_DEPTH = 48
 MAX_IMAGE_SIDE = 1024
+MAX_FRAMES = 64
 
 
 def _knob(default: Any, help: str, flag: str | None = None) -> Any:
@@ -33,7 +34,8 @@ def _knob(default: Any, help: str, flag: str | None = None) -> Any:
 class Stage:
     """One step of a model's layout (`ModelConfig.stages`): a transformer block, a
     TokenLearner or a TokenFuser, named as `build_model` names its layer, with the number
-    of tokens it reads (for a block, the tokens it attends over)."""
+    of tokens it reads per image or clip, over all its temporal slices (for a block, the
+    tokens it attends over)."""
 
     kind: str  # "block", "token_learner" or "token_fuser"
     name: str
@@ -46,6 +48,10 @@ class ModelConfig:
 
     # Input and preprocessing (inside the model, as in the keras.io example).
     input_size: int = _knob(32, "side of the square input images in pixels (CIFAR-10: 32)")
+    frames: int = _knob(
+        1, f"frames per input clip, 1 to {MAX_FRAMES}; 1 is the image model, taking (B, H, W, 3) "
+           "images, more takes (B, frames, H, W, 3) clips"
+    )
     resize_size: int = _knob(
         52, "images are rescaled to [0, 1] and resized to this side; must be >= image_size"
     )
@@ -60,6 +66,10 @@ class ModelConfig:
     )
     # Patch embedding and transformer.
     patch_size: int = _knob(6, "side of the square patches (6 -> an 8x8 grid of 64 patches)")
+    tubelet_frames: int = _knob(
+        1, "frames each patch spans (ViViT tubelets); must divide frames. The model runs on "
+           "frames / tubelet_frames temporal slices, and TokenLearner learns its tokens per slice"
+    )
     dim: int = _knob(128, "width of the patch embedding and of every block's residual stream")
     depth: int = _knob(4, f"number of transformer blocks, 1 to {MAX_DEPTH}")
     heads: int = _knob(4, "attention heads per block")
@@ -113,7 +123,24 @@ class ModelConfig:
 
     @property
     def num_patches(self) -> int:
+        """Patches per frame (per temporal slice of a clip)."""
         return self.grid_size**2
+
+    @property
+    def is_video(self) -> bool:
+        return self.frames > 1
+
+    @property
+    def temporal_slices(self) -> int:
+        """Slices of a clip along time, each `tubelet_frames` frames: TokenLearner and
+        TokenFuser run on each slice's patches on their own, as in the official code."""
+        return self.frames // self.tubelet_frames
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One input without its batch axis: (H, W, 3), or (frames, H, W, 3) for a clip."""
+        image = (self.input_size, self.input_size, 3)
+        return (self.frames, *image) if self.is_video else image
 
     @property
     def crop_offset(self) -> int:
@@ -134,21 +161,23 @@ class ModelConfig:
         Without TokenFuser one TokenLearner sits before block `placement` (after the last
         block when placement == depth) and the blocks after it attend over its tokens. With
         TokenFuser every block from `placement` on is wrapped: a TokenLearner of its own
-        before it, a TokenFuser after it that maps the tokens back onto the patches."""
+        before it, a TokenFuser after it that maps the tokens back onto the patches. A clip's
+        blocks attend over every slice's patches or tokens together."""
         learned = self.tokenlearner != "none"
+        patches, tokens = self.temporal_slices * self.num_patches, self.temporal_slices * self.num_tokens
         stages = []
         for index in range(self.depth):
             if self.fuser and index >= self.placement:
-                stages += [Stage("token_learner", f"token_learner_{index}", self.num_patches),
-                           Stage("block", f"block_{index}", self.num_tokens),
-                           Stage("token_fuser", f"token_fuser_{index}", self.num_tokens)]
+                stages += [Stage("token_learner", f"token_learner_{index}", patches),
+                           Stage("block", f"block_{index}", tokens),
+                           Stage("token_fuser", f"token_fuser_{index}", tokens)]
                 continue
             if learned and index == self.placement:
-                stages.append(Stage("token_learner", "token_learner", self.num_patches))
+                stages.append(Stage("token_learner", "token_learner", patches))
             after_learner = learned and not self.fuser and index >= self.placement
-            stages.append(Stage("block", f"block_{index}", self.num_tokens if after_learner else self.num_patches))
+            stages.append(Stage("block", f"block_{index}", tokens if after_learner else patches))
         if learned and self.placement == self.depth:
-            stages.append(Stage("token_learner", "token_learner", self.num_patches))
+            stages.append(Stage("token_learner", "token_learner", patches))
         return tuple(stages)
 
     def layer_names(self, kind: str) -> list[str]:
@@ -161,6 +190,12 @@ class ModelConfig:
     def tokens_per_block(self) -> list[int]:
         """How many tokens each block attends over."""
         return [stage.tokens for stage in self.stages() if stage.kind == "block"]
+
+    def final_tokens(self) -> int:
+        """Tokens the classifier averages over: TokenLearner's, unless a TokenFuser has
+        mapped them back onto the patches."""
+        learned = self.tokenlearner != "none" and not self.fuser
+        return self.temporal_slices * (self.num_tokens if learned else self.num_patches)
 
     # Serialisation.
     def to_dict(self) -> dict[str, Any]:
@@ -184,6 +219,13 @@ class ModelConfig:
 
     def _check_ranges(self) -> None:
         _in_range("input_size", self.input_size, 1, MAX_IMAGE_SIDE)
+        _in_range("frames", self.frames, 1, MAX_FRAMES)
+        _in_range("tubelet_frames", self.tubelet_frames, 1, self.frames, "at most frames")
+        if self.frames % self.tubelet_frames:
+            raise ValueError(
+                f"tubelet_frames={self.tubelet_frames} does not divide frames={self.frames}: "
+                "a clip is cut into whole tubelets along time"
+            )
         _in_range("patch_size", self.patch_size, 1, MAX_IMAGE_SIDE)
         _in_range("image_size", self.image_size, self.patch_size, MAX_IMAGE_SIDE,
                   "at least patch_size")

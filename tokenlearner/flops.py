@@ -1,5 +1,10 @@
 """Exact, analytic cost of a `ModelConfig`: parameters, multiply-accumulates, and the
-keras.io table's "GFLOPs", per layer, for one image at inference.
+keras.io table's "GFLOPs", per layer, for one image (or one clip) at inference.
+
+A clip of L temporal slices costs what its layout says: the patch convolution runs on
+every slice (a tubelet's frames side by side in its input channels), the blocks attend
+over all the slices' patches or tokens together (T = L * N or L * S), and TokenLearner
+and TokenFuser run on each slice's N patches apart, L times their image cost.
 
 Full count
     MACs of every matrix product in the model: the patch convolution, each block's fused
@@ -117,9 +122,10 @@ def count(config: ModelConfig) -> CostReport:
     def add(name: str, category: str, macs: int, keras_io_flops: int) -> None:
         rows.append(LayerCost(name, category, macs, keras_io_flops))
 
-    c, patches, tokens = config.dim, config.num_patches, config.num_tokens
-    pixels = config.input_size**2 * 3
-    patch_macs = patches * config.patch_size**2 * 3 * c
+    c, tokens, slices = config.dim, config.num_tokens, config.temporal_slices
+    patches = slices * config.num_patches  # of the whole clip
+    pixels = config.frames * config.input_size**2 * 3
+    patch_macs = patches * config.patch_size**2 * 3 * config.tubelet_frames * c
     # Rescaling (Mul, Add), conv + BiasAdd, and the example's Embedding lookup (Less, Add) + add.
     add("patch_embedding", "patch_embedding", patch_macs,
         2 * pixels + 2 * patch_macs + patches * c + 2 * patches + patches * c)
@@ -149,7 +155,7 @@ def count(config: ModelConfig) -> CostReport:
                 add(f"{name}/conv_{index}", "tokenlearner", macs, 2 * macs + gelu)
                 channels = tokens
             weighted = tokens * patches * c
-            reduce = weighted if config.pooling == "mean" else weighted - tokens * c
+            reduce = weighted if config.pooling == "mean" else weighted - slices * tokens * c
             add(f"{name}/pooling", "tokenlearner", weighted, weighted + reduce)
             return
         if config.v11_style == "grouped_conv":
@@ -165,10 +171,10 @@ def count(config: ModelConfig) -> CostReport:
             add(f"{name}/selector", "tokenlearner", macs, flops)
         add(f"{name}/pooling", "tokenlearner", tokens * patches * c, _SOFTMAX * tokens * patches)  # einsum
 
-    def token_fuser(name: str, tokens: int) -> None:
-        mix_macs, mix_flops = _dense(c, tokens, tokens)
+    def token_fuser(name: str, clip_tokens: int) -> None:
+        mix_macs, mix_flops = _dense(slices * c, tokens, tokens)
         add(f"{name}/token_mixer", "tokenfuser", mix_macs,
-            _layer_norm(tokens, c) + mix_flops + _layer_norm(tokens, c))
+            _layer_norm(clip_tokens, c) + mix_flops + _layer_norm(clip_tokens, c))
         hidden_macs, hidden_flops = _dense(patches, c, config.bottleneck_dim, gelu=True)
         add(f"{name}/gate_hidden", "tokenfuser", hidden_macs, _layer_norm(patches, c) + hidden_flops)
         gate_macs, gate_flops = _dense(patches, config.bottleneck_dim, tokens)
@@ -179,7 +185,7 @@ def count(config: ModelConfig) -> CostReport:
     for stage in config.stages():
         walk[stage.kind](stage.name, stage.tokens)
 
-    final = config.num_patches if config.fuser or config.tokenlearner == "none" else tokens
+    final = config.final_tokens()
     head_macs, head_flops = _dense(1, c, config.num_classes)
     add("classifier", "head", head_macs,
         _layer_norm(final, c) + final * c + head_flops + _SOFTMAX * config.num_classes)
@@ -191,7 +197,8 @@ def count_params(config: ModelConfig) -> int:
     c, tokens, bottleneck = config.dim, config.num_tokens, config.bottleneck_dim
     norm = 2 * c
     inner = config.heads * config.key_dim
-    total = config.patch_size**2 * 3 * c + c + config.num_patches * c
+    positions = config.temporal_slices * config.num_patches
+    total = config.patch_size**2 * 3 * config.tubelet_frames * c + c + positions * c
     mlp, width = 0, c
     for units in config.mlp_units:
         mlp += width * units + units
@@ -207,3 +214,9 @@ def count_params(config: ModelConfig) -> int:
     each = {"block": block, "token_learner": learner, "token_fuser": fuser}
     total += sum(each[stage.kind] for stage in config.stages())
     return total + norm + c * config.num_classes + config.num_classes
+
+
+def without_tokenlearner(config: ModelConfig) -> ModelConfig:
+    """The same network with no TokenLearner or TokenFuser: every block attends over all
+    the patches (of every frame, for a clip). What TokenLearner saves is measured against it."""
+    return config.replace(tokenlearner="none", fuser=False, pooling="mean")

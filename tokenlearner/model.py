@@ -43,19 +43,20 @@ def load_model(path: str | os.PathLike) -> keras.Model:
 
 
 def build_model(config: ModelConfig, name: str = "tokenlearner_vit") -> keras.Model:
-    """The classifier a config describes: uint8-range images (B, input_size, input_size, 3)
-    in, class probabilities (B, num_classes) out.
+    """The classifier a config describes: uint8-range images (B, input_size, input_size, 3),
+    or clips (B, frames, input_size, input_size, 3), in; class probabilities
+    (B, num_classes) out.
 
     Layer names: `preprocessing`, `patch_embedding`, `block_{i}`; `token_learner` where one
     TokenLearner sits between blocks `placement - 1` and `placement`; with TokenFuser,
     `token_learner_{i}` and `token_fuser_{i}` around every block i >= placement; then
     `final_norm`, `token_pool`, `classifier`.
     """
-    inputs = keras.Input((config.input_size, config.input_size, 3), name="images")
+    inputs = keras.Input(config.input_shape, name="clips" if config.is_video else "images")
     x = ImagePreprocessing(
-        config.resize_size, config.image_size, config.inference_crop, name="preprocessing"
+        config.resize_size, config.image_size, config.inference_crop, config.frames, name="preprocessing"
     )(inputs)
-    x = PatchEmbedding(config.patch_size, config.dim, name="patch_embedding")(x)
+    x = PatchEmbedding(config.patch_size, config.dim, config.temporal_slices, name="patch_embedding")(x)
     x = Dropout(config.dropout, name="embedding_dropout")(x)
     patches = x  # what a TokenFuser maps its block's tokens back onto
     for stage in config.stages():
@@ -67,8 +68,8 @@ def build_model(config: ModelConfig, name: str = "tokenlearner_vit") -> keras.Mo
                                  attention_dropout=config.attention_dropout, epsilon=LAYER_NORM_EPSILON,
                                  name=stage.name)(x)
         else:
-            fused, _ = TokenFuser(config.bottleneck_dim, LAYER_NORM_EPSILON, name=stage.name)(x, patches,
-                                                                                             return_maps=True)
+            fuser = TokenFuser(config.bottleneck_dim, LAYER_NORM_EPSILON, config.temporal_slices, name=stage.name)
+            fused, _ = fuser(x, patches, return_maps=True)
             index = stage.name.rsplit("_", 1)[1]
             x = layers.Add(name=f"fuser_residual_{index}")([fused, patches])
     x = LayerNormalization(epsilon=LAYER_NORM_EPSILON, name="final_norm")(x)
@@ -79,13 +80,14 @@ def build_model(config: ModelConfig, name: str = "tokenlearner_vit") -> keras.Mo
 
 def _token_learner(config: ModelConfig, name: str) -> keras.layers.Layer:
     if config.tokenlearner == "v1":
-        return TokenLearner(config.num_tokens, config.pooling, LAYER_NORM_EPSILON, name=name)
+        return TokenLearner(config.num_tokens, config.pooling, LAYER_NORM_EPSILON, config.temporal_slices, name=name)
     return TokenLearnerV11(
         config.num_tokens,
         style=config.v11_style,
         groups=config.v11_groups,
         bottleneck_dim=config.bottleneck_dim,
         epsilon=LAYER_NORM_EPSILON,
+        temporal_slices=config.temporal_slices,
         name=name,
     )
 
@@ -109,14 +111,19 @@ def predict_with_maps(
     model: keras.Model, images: np.ndarray, batch_size: int = 256
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Class probabilities (B, num_classes) and, for every TokenLearner (and TokenFuser
-    gate) in `model`, its maps on the patch grid, (B, S, h, w), keyed by layer name.
+    gate) in `model`, its maps on the patch grid, (B, S, h, w), keyed by layer name; for
+    a video model (B, L, S, h, w), one set of maps per temporal slice (a frame, or a
+    tubelet of frames).
 
-    `images` are (B, H, W, 3) pixels in [0, 255], as the model takes them; the maps
-    cover the window `ModelConfig.covered_region()` describes.
+    `images` are (B, H, W, 3) pixels in [0, 255], or clips (B, T, H, W, 3), as the model
+    takes them; the maps cover the window `ModelConfig.covered_region()` describes.
     """
     images = np.asarray(images, dtype="float32")
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected a batch of RGB images (B, H, W, 3), got shape {images.shape}")
+    expected = tuple(model.input_shape[1:])
+    if images.shape[1:] != expected:
+        what = "clips (B, T, H, W, 3)" if len(expected) == 4 else "RGB images (B, H, W, 3)"
+        raise ValueError(f"expected a batch of {what} of shape (B, {', '.join(map(str, expected))}), "
+                         f"got shape {images.shape}")
     if len(images) == 0:
         raise ValueError("no images given")
     maps_model = _maps_model(model)
@@ -126,10 +133,13 @@ def predict_with_maps(
     ]
     merged = {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
     probabilities = merged.pop("probabilities")
+    if len(expected) == 4:  # a clip cut into one slice (a tubelet of all its frames) still has a slice axis
+        merged = {name: maps if maps.ndim == 5 else maps[:, None] for name, maps in merged.items()}
     return probabilities, merged
 
 
 def attention_maps(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
     """The learned-token maps of every TokenLearner (and TokenFuser gate) in `model`,
-    (B, S, h, w) each, keyed by layer name in depth order; empty without TokenLearner."""
+    (B, S, h, w) each, or (B, L, S, h, w) for a video model of L temporal slices, keyed
+    by layer name in depth order; empty without TokenLearner."""
     return predict_with_maps(model, images, batch_size)[1]

@@ -1,5 +1,5 @@
 import keras
-from keras import layers
+from keras import layers, ops
 
 from tokenlearner.config import INFERENCE_CROPS
 
@@ -15,21 +15,27 @@ class ImagePreprocessing(layers.Layer):
     patch convolution only reaches the top-left `crop_size` window), `center` is the
     middle window.
 
+    A clip's frames are stacked along the channels first, so that every frame of a clip
+    takes the same crop and the same flip: motion survives augmentation.
+
     Args:
         resize_size: side of the resized image.
         crop_size: side of the crop the patch embedding sees.
         inference_crop: `"top_left"` or `"center"`.
+        frames: 1 for images; T for clips.
 
-    Shape: (B, H, W, 3) pixels in [0, 255] -> (B, crop_size, crop_size, 3).
+    Shape: (B, H, W, 3) pixels in [0, 255] -> (B, crop_size, crop_size, 3); a clip
+    (B, T, H, W, 3) -> (B, crop_size, crop_size, T * 3), frame after frame.
     """
 
-    def __init__(self, resize_size, crop_size, inference_crop="top_left", **kwargs):
+    def __init__(self, resize_size, crop_size, inference_crop="top_left", frames=1, **kwargs):
         super().__init__(**kwargs)
         if inference_crop not in INFERENCE_CROPS:
             raise ValueError(f"inference_crop={inference_crop!r}: choose one of {INFERENCE_CROPS}")
         self.resize_size = resize_size
         self.crop_size = crop_size
         self.inference_crop = inference_crop
+        self.frames = frames
 
     def build(self, input_shape):
         self.rescaling = layers.Rescaling(1.0 / 255.0, name="rescaling")
@@ -38,6 +44,9 @@ class ImagePreprocessing(layers.Layer):
         self.random_flip = layers.RandomFlip("horizontal", name="random_flip")
 
     def call(self, images, training=False):
+        if self.frames > 1:
+            height, width, channels = images.shape[2:]
+            images = ops.reshape(ops.transpose(images, (0, 2, 3, 1, 4)), (-1, height, width, self.frames * channels))
         images = self.resizing(self.rescaling(images))
         if training:
             return self.random_flip(self.random_crop(images, training=True), training=True)
@@ -45,7 +54,7 @@ class ImagePreprocessing(layers.Layer):
         return images[:, start : start + self.crop_size, start : start + self.crop_size, :]
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.crop_size, self.crop_size, input_shape[-1])
+        return (input_shape[0], self.crop_size, self.crop_size, self.frames * input_shape[-1])
 
     def get_config(self):
         return {
@@ -53,4 +62,5 @@ class ImagePreprocessing(layers.Layer):
             "resize_size": self.resize_size,
             "crop_size": self.crop_size,
             "inference_crop": self.inference_crop,
+            "frames": self.frames,
         }

@@ -4,6 +4,10 @@ input positions into one token.
 Both layers take a sequence of positions on a square grid, (B, N, C) with N = h * w,
 and return (B, S, C); called with `return_maps=True` they also return the maps that
 weighted each position, (B, S, h, w), for display.
+
+On a clip they take every temporal slice's grid one after the other, (B, L * N, C) for
+L = `temporal_slices`, and learn S tokens from each slice on its own, as the official
+code does for video: (B, L * S, C), maps (B, L, S, h, w).
 """
 
 import math
@@ -24,6 +28,21 @@ def square_grid(positions):
     return side
 
 
+def split_slices(x, slices):
+    """(B, slices * N, C) -> (B * slices, N, C): each temporal slice a sequence of its own."""
+    return x if slices == 1 else ops.reshape(x, (-1, x.shape[1] // slices, x.shape[2]))
+
+
+def join_slices(x, slices):
+    """(B * slices, K, C) -> (B, slices * K, C), the inverse of `split_slices`."""
+    return x if slices == 1 else ops.reshape(x, (-1, slices * x.shape[1], x.shape[2]))
+
+
+def slice_maps(maps, slices):
+    """(B * slices, S, h, w) maps -> (B, slices, S, h, w) for a clip; images' stay as they are."""
+    return maps if slices == 1 else ops.reshape(maps, (-1, slices, *maps.shape[1:]))
+
+
 @keras.saving.register_keras_serializable(package="tokenlearner")
 class TokenLearner(layers.Layer):
     """TokenLearner v1.0, as in the keras.io example and the official code.
@@ -37,20 +56,22 @@ class TokenLearner(layers.Layer):
         num_tokens: S, the number of tokens to learn.
         pooling: `"mean"` or `"sum"`.
         epsilon: LayerNormalization epsilon.
+        temporal_slices: 1 for images; for clips, the slices tokens are learned from apart.
 
-    Shape: (B, N, C) -> (B, S, C), maps (B, S, h, w).
+    Shape: (B, N, C) -> (B, S, C), maps (B, S, h, w); on clips as the module says.
     """
 
-    def __init__(self, num_tokens, pooling="mean", epsilon=1e-6, **kwargs):
+    def __init__(self, num_tokens, pooling="mean", epsilon=1e-6, temporal_slices=1, **kwargs):
         super().__init__(**kwargs)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling={pooling!r}: choose one of {POOLINGS}")
         self.num_tokens = num_tokens
         self.pooling = pooling
         self.epsilon = epsilon
+        self.temporal_slices = temporal_slices
 
     def build(self, input_shape):
-        self.grid_size = square_grid(input_shape[1])
+        self.grid_size = square_grid(input_shape[1] // self.temporal_slices)
         self.norm = LayerNormalization(epsilon=self.epsilon, name="norm")
         self.norm.build(input_shape)
         self.convs = []
@@ -62,6 +83,7 @@ class TokenLearner(layers.Layer):
             channels = self.num_tokens
 
     def call(self, x, return_maps=False):
+        x = split_slices(x, self.temporal_slices)
         positions, channels = x.shape[1], x.shape[2]
         maps = ops.reshape(self.norm(x), (-1, self.grid_size, self.grid_size, channels))
         for conv in self.convs[:-1]:
@@ -71,8 +93,10 @@ class TokenLearner(layers.Layer):
         tokens = ops.matmul(maps, x)  # (B, S, C): the maps' weighted sums of positions
         if self.pooling == "mean":
             tokens = tokens / positions
+        tokens = join_slices(tokens, self.temporal_slices)
         if return_maps:
-            return tokens, ops.reshape(maps, (-1, self.num_tokens, self.grid_size, self.grid_size))
+            maps = ops.reshape(maps, (-1, self.num_tokens, self.grid_size, self.grid_size))
+            return tokens, slice_maps(maps, self.temporal_slices)
         return tokens
 
     def get_config(self):
@@ -81,6 +105,7 @@ class TokenLearner(layers.Layer):
             "num_tokens": self.num_tokens,
             "pooling": self.pooling,
             "epsilon": self.epsilon,
+            "temporal_slices": self.temporal_slices,
         }
 
 
@@ -102,12 +127,14 @@ class TokenLearnerV11(layers.Layer):
         groups: groups of the grouped convs (`"grouped_conv"` only).
         bottleneck_dim: hidden width of the selector MLP (`"mlp"` only).
         epsilon: LayerNormalization epsilon.
+        temporal_slices: 1 for images; for clips, the slices tokens are learned from apart.
 
-    Shape: (B, N, C) -> (B, S, C), maps (B, S, h, w), each map summing to 1.
+    Shape: (B, N, C) -> (B, S, C), maps (B, S, h, w), each map summing to 1; on clips as
+    the module says.
     """
 
     def __init__(self, num_tokens, style="grouped_conv", groups=4, bottleneck_dim=64,
-                 epsilon=1e-6, **kwargs):
+                 epsilon=1e-6, temporal_slices=1, **kwargs):
         super().__init__(**kwargs)
         if style not in V11_STYLES:
             raise ValueError(f"style={style!r}: choose one of {V11_STYLES}")
@@ -116,9 +143,10 @@ class TokenLearnerV11(layers.Layer):
         self.groups = groups
         self.bottleneck_dim = bottleneck_dim
         self.epsilon = epsilon
+        self.temporal_slices = temporal_slices
 
     def build(self, input_shape):
-        self.grid_size = square_grid(input_shape[1])
+        self.grid_size = square_grid(input_shape[1] // self.temporal_slices)
         channels = input_shape[-1]
         self.norm = LayerNormalization(epsilon=self.epsilon, name="norm")
         self.norm.build(input_shape)
@@ -137,6 +165,7 @@ class TokenLearnerV11(layers.Layer):
             self.selector.build(tuple(input_shape[:-1]) + (self.bottleneck_dim,))
 
     def call(self, x, return_maps=False):
+        x = split_slices(x, self.temporal_slices)
         positions = x.shape[1]
         normed = self.norm(x)
         if self.style == "grouped_conv":
@@ -147,9 +176,10 @@ class TokenLearnerV11(layers.Layer):
             features = x
         logits = ops.transpose(ops.reshape(logits, (-1, positions, self.num_tokens)), (0, 2, 1))
         maps = ops.softmax(logits, axis=-1)  # (B, S, N), each row sums to 1
-        tokens = ops.matmul(maps, features)
+        tokens = join_slices(ops.matmul(maps, features), self.temporal_slices)
         if return_maps:
-            return tokens, ops.reshape(maps, (-1, self.num_tokens, self.grid_size, self.grid_size))
+            maps = ops.reshape(maps, (-1, self.num_tokens, self.grid_size, self.grid_size))
+            return tokens, slice_maps(maps, self.temporal_slices)
         return tokens
 
     def get_config(self):
@@ -160,4 +190,5 @@ class TokenLearnerV11(layers.Layer):
             "groups": self.groups,
             "bottleneck_dim": self.bottleneck_dim,
             "epsilon": self.epsilon,
+            "temporal_slices": self.temporal_slices,
         }
