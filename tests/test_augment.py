@@ -68,3 +68,20 @@ def test_both_mixes_take_turns_and_a_seed_repeats():
 def test_bad_values_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("recipe", [{"random_shift": 2}, {"cutmix_alpha": 1.0}, {"mixup_alpha": 0.8}])
+def test_every_frame_of_a_clip_is_augmented_alike(recipe):
+    """A clip of three copies of one image: its frames stay copies of each other, and the
+    first equals what the image alone becomes under the same seed."""
+    images, targets = batch()
+    clips = np.repeat(images[:, None], 3, axis=1)
+    augmented_clips, clip_targets = (np.asarray(t) for t in BatchAugmentation(TrainConfig(seed=4, **recipe))(
+        clips, targets))
+    augmented_images, image_targets = (np.asarray(t) for t in BatchAugmentation(TrainConfig(seed=4, **recipe))(
+        images, targets))
+    assert augmented_clips.shape == clips.shape
+    for frame in range(3):
+        np.testing.assert_allclose(augmented_clips[:, frame], augmented_images, rtol=1e-6)
+    np.testing.assert_allclose(clip_targets, image_targets, rtol=1e-6)
+    assert not np.array_equal(augmented_clips, clips)

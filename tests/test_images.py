@@ -9,7 +9,7 @@ from conftest import REPO
 from PIL import Image
 
 from tokenlearner import ModelConfig, build_model
-from tokenlearner.images import ImageError, read_image, to_model_input
+from tokenlearner.images import ImageError, read_clip, read_image, to_model_input
 from tokenlearner.overlay import colorize, dominant_token_image, overlay, overlay_grid
 from tokenlearner.runs import RunDirectory
 
@@ -143,3 +143,77 @@ def test_predict_names_an_overlay_path_it_cannot_write(untrained_run, tmp_path, 
     assert main(["predict", str(untrained_run.path), "--image", str(path), "--overlay", str(tmp_path)]) == 2
     assert f"error: --overlay {tmp_path} cannot be written (Is a directory)" in capsys.readouterr().err
     assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*")), "a temporary file was left behind"
+
+
+def numbered_frames(count: int, side: int = 40) -> list[Image.Image]:
+    """Frames of one flat grey each, 20 levels apart, so a frame's number can be read back."""
+    return [Image.new("RGB", (side, side), (20 * index,) * 3) for index in range(count)]
+
+
+def gif_of(frames: list[Image.Image]) -> bytes:
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+
+
+def frame_numbers(clip: np.ndarray) -> list[int]:
+    return [round(float(frame.mean()) / 20) for frame in clip]
+
+
+def test_a_clip_takes_evenly_spaced_frames_of_a_gif_or_a_folder(tmp_path):
+    clip = read_clip(gif_of(numbered_frames(12)), 4)
+    assert clip.shape == (4, 32, 32, 3) and clip.dtype == np.uint8
+    assert frame_numbers(clip) == [0, 4, 7, 11]
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, frame in enumerate(numbered_frames(6)):
+        frame.save(folder / f"frame_{index:02d}.png")
+    (folder / "notes.txt").write_text("not a frame")
+    assert frame_numbers(read_clip(folder, 6, size=16)) == [0, 1, 2, 3, 4, 5]
+    assert frame_numbers(read_clip(folder, 3)) == [0, 2, 5]
+    path = tmp_path / "clip.gif"
+    path.write_bytes(gif_of(numbered_frames(5)))
+    assert frame_numbers(read_clip(path, 5)) == [0, 1, 2, 3, 4]
+
+
+def test_bad_clips_are_refused_by_name(tmp_path):
+    with pytest.raises(ImageError, match="has 3 frame\\(s\\) and the model takes 8: use a clip of at least 8"):
+        read_clip(gif_of(numbered_frames(3)), 8)
+    with pytest.raises(ImageError, match="the upload is not a GIF: a clip is an animated GIF or a folder"):
+        read_clip(INPUTS["png"], 4)
+    with pytest.raises(ImageError, match="the upload has more than 5 frames of 40x40: the limit is 0 MP over all"):
+        read_clip(gif_of(numbered_frames(12)), 4, max_pixels=5 * 40 * 40)
+    whole = gif_of(numbered_frames(12))
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        read_clip(whole[: len(whole) // 2], 4)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    with pytest.raises(ImageError, match="frames, has 0 frame\\(s\\)"):
+        read_clip(folder, 4)
+    for index in range(4):
+        (folder / f"{index}.png").write_bytes(INPUTS["png"] if index else b"not a png")
+    with pytest.raises(ImageError, match="0.png is not a PNG or JPEG image"):
+        read_clip(folder, 4)
+
+
+@pytest.fixture(scope="module")
+def untrained_video_run(tmp_path_factory):
+    config = ModelConfig(frames=4, tubelet_frames=2, depth=2, placement=1, num_classes=4)
+    run = RunDirectory(tmp_path_factory.mktemp("runs") / "video").create({"model": config.to_dict()})
+    run.save_model(build_model(config))
+    return run
+
+
+def test_predict_command_on_a_clip(untrained_video_run, tmp_path, capsys):
+    from tokenlearner.cli import main
+
+    path = tmp_path / "clip.gif"
+    path.write_bytes(gif_of(numbered_frames(9)))
+    out = tmp_path / "overlay.png"
+    assert main(["predict", str(untrained_video_run.path), "--image", str(path), "--overlay", str(out),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["top5"]) == 4
+    assert report["maps"] == {"token_learner": [2, 4, 8, 8]}  # 2 slices of 4 tokens
+    with Image.open(out) as sheet:
+        assert sheet.size == (5 * 256 + 4 * 4, 2 * 256 + 4)  # a row per slice
+    assert main(["predict", str(untrained_video_run.path), "--image", str(tmp_path / "missing.gif")]) == 2
+    assert "missing.gif cannot be opened (No such file or directory)" in capsys.readouterr().err

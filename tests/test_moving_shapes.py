@@ -6,7 +6,10 @@ import pytest
 from cifar_files import make_cifar_folder, write_batch
 
 from tokenlearner.data import TEST_BATCH, TRAIN_BATCHES
-from tokenlearner.moving_shapes import CLASS_NAMES, SHAPES, SIZE, draw_clip, draw_part, moving_shapes
+from tokenlearner.config import ModelConfig
+from tokenlearner.data import DataError
+from tokenlearner.moving_shapes import CLASS_NAMES, SHAPES, SIZE, draw_clip, draw_part, from_record, moving_shapes
+from tokenlearner.training import check_data_fits
 
 
 def test_the_same_seed_draws_the_same_clips_and_each_clip_alone():
@@ -23,9 +26,33 @@ def test_the_same_seed_draws_the_same_clips_and_each_clip_alone():
     # The three parts draw from streams of their own: no clip of one is a clip of another.
     every = np.concatenate([first.train_clips, first.val_clips, first.test_clips]).reshape(22, -1)
     assert len(np.unique(every, axis=0)) == 22
-    assert first.describe() == {"kind": "moving_shapes", "seed": 3, "frames": 4, "cifar_directory": None,
-                                "train_clips": 12, "val_clips": 5, "test_clips": 5,
+    assert first.describe() == {"kind": "moving_shapes", "seed": 3, "frames": 4, "first_frame_only": False,
+                                "cifar_directory": None, "train_clips": 12, "val_clips": 5, "test_clips": 5,
                                 "class_names": list(CLASS_NAMES)}
+    drawn_again = from_record(first.describe(), parts=("test",))
+    np.testing.assert_array_equal(drawn_again.test_clips, first.test_clips)
+    assert len(drawn_again.train_clips) == 0
+
+
+def test_a_single_frame_model_sees_each_clips_first_frame():
+    """However many frames a clip is drawn with, its first frame is the same: the baseline
+    of an image model sees exactly the first frames of the video model's clips."""
+    long, short = moving_shapes(6, 3, 3, frames=8, seed=2), moving_shapes(6, 3, 3, frames=2, seed=2)
+    np.testing.assert_array_equal(long.train_clips[:, 0], short.train_clips[:, 0])
+    single = short.first_frames()
+    assert single.train_clips.shape == (6, SIZE, SIZE, 3) and single.model_frames == 1
+    np.testing.assert_array_equal(single.test_labels, long.test_labels)
+    np.testing.assert_array_equal(from_record(single.describe()).val_clips, long.val_clips[:, 0])
+    image_model, clip_model = ModelConfig(num_classes=4), ModelConfig(num_classes=4, frames=8)
+    check_data_fits(image_model, single)
+    check_data_fits(clip_model, long)
+    with pytest.raises(DataError, match="the moving shapes are single frames and the model takes 8-frame clips: "
+                                        "set --frames 1"):
+        check_data_fits(clip_model, single)
+    with pytest.raises(DataError, match="are clips of 8 frames and the model takes images: set --frames 8"):
+        check_data_fits(image_model, long)
+    with pytest.raises(DataError, match="has 4 classes and the model 10: set --num-classes 4"):
+        check_data_fits(ModelConfig(frames=8), long)
 
 
 def test_only_the_labelled_shape_moves():

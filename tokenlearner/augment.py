@@ -10,6 +10,8 @@ default, so the default step is the example's.
   weight. With both alphas set, each batch takes one of the two at random, as timm and
   DeiT do.
 
+A clip's frames take the same shift and the same CutMix box, so that motion survives.
+
 Randomness comes from a `tf.random.Generator` seeded from the training seed, so a run
 repeats on the same machine.
 """
@@ -34,9 +36,16 @@ class BatchAugmentation:
         return bool(config.random_shift or config.mixup_alpha or config.cutmix_alpha)
 
     def __call__(self, images, targets):
-        """images: (B, H, W, C) float pixels; targets: (B, K) one-hot. Returns both, augmented."""
+        """images: (B, H, W, C) float pixels, or clips (B, T, H, W, C); targets: (B, K)
+        one-hot. Returns both, augmented."""
         import tensorflow as tf
 
+        if len(images.shape) == 5:  # frames side by side along the channels, augmented as one image
+            frames, height, width, channels = images.shape[1:]
+            stacked = tf.reshape(tf.transpose(images, (0, 2, 3, 1, 4)), (-1, height, width, frames * channels))
+            stacked, targets = self(stacked, targets)
+            clips = tf.reshape(stacked, (-1, height, width, frames, channels))
+            return tf.transpose(clips, (0, 3, 1, 2, 4)), targets
         if self.shift:
             images = self._random_shift(images)
         if self.mixup_alpha and self.cutmix_alpha:

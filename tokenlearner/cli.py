@@ -160,19 +160,65 @@ class TerminalReport:
         self.stream.flush()
 
 
-def _load_data(data_dir: str | None):
+DATA_SETS = ("cifar10", "moving-shapes", "moving-shapes-on-cifar")
+
+
+def _load_cifar(data_dir: str | None):
     from tokenlearner.data import find_data_dir, load_cifar10
 
     return load_cifar10(find_data_dir(data_dir))
 
 
+def _load_data(args: argparse.Namespace, config: ModelConfig | None = None, seed: int = 0,
+               parts: tuple[str, ...] = ("train", "val", "test")):
+    """The data `--data` names (CIFAR-10 when it names none): CIFAR-10 from `--data-dir`,
+    or the `parts` of moving-shape clips of the model's frames drawn from `seed` (on
+    CIFAR-10 images from `--data-dir`); for an image model, their first frames alone."""
+    from tokenlearner.data import find_data_dir
+
+    if args.data in (None, "cifar10"):
+        return _load_cifar(args.data_dir)
+    from tokenlearner.moving_shapes import moving_shapes
+
+    cifar = find_data_dir(args.data_dir) if args.data == "moving-shapes-on-cifar" else None
+    video = config is None or config.is_video
+    try:
+        drawn = moving_shapes(*args.clips, frames=config.frames if video else 2, seed=seed, cifar_directory=cifar,
+                              parts=parts)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return drawn if video else drawn.first_frames()  # an image model: the single-frame baseline
+
+
+def _clip_counts(text: str) -> tuple[int, int, int]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if len(counts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r} is not three comma-separated clip counts (train,val,test)")
+    return counts
+
+
+def _add_data_flags(parser: argparse.ArgumentParser, default_data: str | None = "cifar10") -> None:
+    parser.add_argument("--data", choices=DATA_SETS, default=default_data,
+                        help="cifar10 images, or clips of moving shapes (docs/video.md), plain or on CIFAR-10 "
+                             "images: a model with --frames takes the clips, an image model their first frames"
+                             + ("" if default_data else "; default: what the run was trained on"))
+    parser.add_argument("--clips", type=_clip_counts, default=(4000, 1000, 1000), metavar="TRAIN,VAL,TEST",
+                        help="clips of moving shapes to draw for each part (default 4000,1000,1000)")
+    parser.add_argument("--data-dir",
+                        help=f"a cifar-10-batches-py folder (default: ${DATA_ENV}, then the Keras cache)")
+
+
 def run_train(args: argparse.Namespace) -> None:
-    from tokenlearner.training import Startup
+    from tokenlearner.training import Startup, check_data_fits
 
     startup = Startup()
     config, recipe = model_config(args), train_config(args)
     RunDirectory(args.out).require_new()
-    data = _load_data(args.data_dir)
+    data = _load_data(args, config, recipe.seed)
+    check_data_fits(config, data)  # before TensorFlow's seconds of importing
     startup.lap("reading the data")
     import_keras_quietly(one_thread_per_op=True)
     from tokenlearner.training import train
@@ -195,21 +241,28 @@ def _open_run(path: str, one_thread_per_op: bool = False):
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
+    record = RunDirectory(args.run).require_existing().record().get("data", {})
     model, config = _open_run(args.run, one_thread_per_op=True)
-    data = _load_data(args.data_dir)
+    if args.data is None and record.get("kind") == "moving_shapes":
+        from tokenlearner.moving_shapes import from_record
+
+        data = from_record(record, parts=("test",))  # the run's own test clips
+    else:
+        data = _load_data(args, config, record.get("seed", 0), parts=("test",))
     from tokenlearner.steps import Steps
-    from tokenlearner.training import check_data_fits
+    from tokenlearner.training import check_data_fits, test_set
 
     check_data_fits(config, data)
-
-    result = Steps(model, None, config.num_classes).evaluate(data.test_images, data.test_labels)
+    test_images, test_labels = test_set(data)
+    result = Steps(model, None, config.num_classes).evaluate(test_images, test_labels)
     result = {"test_top1": result["top1"], "test_top5": result["top5"], "test_loss": result["loss"],
-              "test_images": len(data.test_labels), "class_names": list(data.class_names),
+              "test_images": len(test_labels), "class_names": list(data.class_names),
               "test_confusion": result["confusion"]}
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{args.run} on {len(data.test_labels)} test images of {data.directory}:")
+    source = "clips of moving shapes" if config.is_video else f"images of {data.directory}"
+    print(f"{args.run} on {len(test_labels)} test {source}:")
     print(f"top-1 {result['test_top1']:.4f}  top-5 {result['test_top5']:.4f}  loss {result['test_loss']:.4f}")
 
 
@@ -265,9 +318,13 @@ def _compare_with_reference(args: argparse.Namespace, config: ModelConfig) -> No
 def run_predict(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from tokenlearner.images import read_image, to_model_input
+    from tokenlearner.images import read_clip, read_image, to_model_input
 
-    picture = to_model_input(read_image(args.image))
+    config = RunDirectory(args.run).require_existing().model_config()
+    if config.is_video:
+        picture = read_clip(args.image, config.frames, config.input_size)
+    else:
+        picture = to_model_input(read_image(args.image), config.input_size)
     model, config = _open_run(args.run)
     from tokenlearner.model import predict_with_maps
 
@@ -281,8 +338,13 @@ def run_predict(args: argparse.Namespace) -> None:
 
         if not maps:
             raise UsageError(f"{args.run} has no TokenLearner, so there are no token maps to overlay")
-        sheet = stack_rows([overlay_grid(picture, layer_maps[0], config.covered_region())
-                            for layer_maps in maps.values()])
+        if config.is_video:  # a row per temporal slice, over its first frame
+            rows = [overlay_grid(picture[index * config.tubelet_frames], layer_maps[0][index],
+                                 config.covered_region())
+                    for layer_maps in maps.values() for index in range(config.temporal_slices)]
+        else:
+            rows = [overlay_grid(picture, layer_maps[0], config.covered_region()) for layer_maps in maps.values()]
+        sheet = stack_rows(rows)
         try:
             with atomic_path(args.overlay) as temporary:
                 sheet.save(temporary, format="PNG")
@@ -293,10 +355,11 @@ def run_predict(args: argparse.Namespace) -> None:
         print(json.dumps({"top5": top5, "maps": {name: list(value.shape[1:]) for name, value in maps.items()}}))
         return
     for entry in top5:
-        print(f"{entry['class']:<12} {100 * entry['probability']:5.1f}%")
+        print(f"{entry['class']:<{max(12, *map(len, names))}} {100 * entry['probability']:5.1f}%")
     if args.overlay:
-        print(f"wrote {args.overlay}: the image, then each of its {config.num_tokens} token maps"
-              + (f", one row per TokenLearner/TokenFuser layer ({', '.join(maps)})" if len(maps) > 1 else ""))
+        slices = f", one row per temporal slice ({config.temporal_slices})" if config.is_video else ""
+        print(f"wrote {args.overlay}: the image, then each of its {config.num_tokens} token maps{slices}"
+              + (f", for each TokenLearner/TokenFuser layer ({', '.join(maps)})" if len(maps) > 1 else ""))
 
 
 def run_search(args: argparse.Namespace) -> None:
@@ -363,7 +426,7 @@ def run_experiment(args: argparse.Namespace) -> None:
             except RayUnavailable as error:
                 raise UsageError(str(error)) from None
         else:
-            data = _load_data(args.data_dir)
+            data = _load_cifar(args.data_dir)
             import_keras_quietly(one_thread_per_op=True)
             import keras
 
@@ -393,7 +456,7 @@ def run_ship(args: argparse.Namespace) -> None:
 
     check_shippable(args.run, Path(args.into) / args.name)
     import_keras_quietly(one_thread_per_op=True)
-    destination = ship(args.run, Path(args.into) / args.name, lambda: _load_data(args.data_dir))
+    destination = ship(args.run, Path(args.into) / args.name, lambda: _load_cifar(args.data_dir))
     print(f"wrote {destination} ({sum(p.stat().st_size for p in destination.rglob('*')) / 2**20:.1f} MB)")
 
 
@@ -446,7 +509,7 @@ def run_bench_app(args: argparse.Namespace) -> None:
     runs = [Path(path).resolve() for path in args.runs]
     if len({run.parent for run in runs}) != 1:
         raise UsageError("--runs must name run directories in one folder (the app's runs folder)")
-    data = _load_data(args.data_dir)
+    data = _load_cifar(args.data_dir)
     print(f"token maps of 8 images, model loaded: {overlay_ms(runs, data.test_images[:8]):.0f} ms "
           "(forward pass and drawing every map)")
     result = measure(args.chromium, runs, str(data.directory))
@@ -479,15 +542,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     trainer = commands.add_parser("train", help="train a model and write its run directory")
     trainer.add_argument("--out", required=True, help="run directory to create")
-    trainer.add_argument("--data-dir",
-                         help=f"a cifar-10-batches-py folder (default: ${DATA_ENV}, then the Keras cache)")
+    _add_data_flags(trainer)
     add_model_flags(trainer)
     add_train_flags(trainer)
     trainer.set_defaults(handler=run_train)
 
     evaluator = commands.add_parser("evaluate", help="test top-1/top-5 of a run directory or checkpoint")
     evaluator.add_argument("run", help="run directory or shipped checkpoint")
-    evaluator.add_argument("--data-dir", help="a cifar-10-batches-py folder")
+    _add_data_flags(evaluator, default_data=None)
     evaluator.add_argument("--json", action="store_true", help="print one JSON object, with the confusion matrix")
     evaluator.set_defaults(handler=run_evaluate)
 
@@ -495,9 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
     downloader.add_argument("--cache-dir", help="instead of $KERAS_HOME or ~/.keras")
     downloader.set_defaults(handler=run_download)
 
-    predictor = commands.add_parser("predict", help="top-5 classes of a PNG/JPEG, and optionally its token maps")
+    predictor = commands.add_parser("predict", help="top-5 classes of a PNG/JPEG (or a clip), and optionally its "
+                                                    "token maps")
     predictor.add_argument("run", help="run directory or shipped checkpoint")
-    predictor.add_argument("--image", required=True, help="a PNG or JPEG file (centre-cropped, resized to 32x32)")
+    predictor.add_argument("--image", required=True,
+                           help="a PNG or JPEG file (centre-cropped, resized to the model's input); for a video model "
+                                "an animated GIF or a folder of PNG/JPEG frames, of which the model's frames are "
+                                "taken evenly spaced")
     predictor.add_argument("--overlay", help="write the image with every learned token's map overlaid, as PNG")
     predictor.add_argument("--json", action="store_true", help="print one JSON object")
     predictor.set_defaults(handler=run_predict)

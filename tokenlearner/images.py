@@ -7,6 +7,11 @@ nothing. A JPEG is decoded at the smallest scale its format allows that still gi
 before any conversion, so that what an image costs is its decoded size once, in its own
 mode (8 or 16 bits). Grayscale, palette, RGBA (composited on white) and 16-bit images are
 converted. One image is decoded at a time in a process: a server's sessions queue.
+
+A clip for a video model is an animated GIF or a folder of PNG or JPEG frames
+(`read_clip`). A GIF's frames are decoded one at a time, each turned into the model's
+input at once, within one budget of pixels for all of them together (the same limit as
+one image); a folder's frames are read as images, only the ones the clip takes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 FORMATS = ("PNG", "JPEG")
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_FOLDER_FRAMES = 10_000  # files a folder of frames may hold
 # The shorter side an image is shrunk to after decoding: enough to show it and to take
 # the model's 32x32 from it.
 PREVIEW_SIDE = 256
@@ -145,3 +152,70 @@ def example_drawing(side: int = PREVIEW_SIDE) -> Image.Image:
     draw.rectangle((25 * unit, 14 * unit, 27 * unit, 23 * unit), fill=(110, 74, 44))
     draw.ellipse((22 * unit, 7 * unit, 30 * unit, 16 * unit), fill=(46, 112, 52))
     return image
+
+
+def read_clip(source: str | os.PathLike | bytes, frames: int, size: int = 32,
+              max_pixels: int | None = None) -> np.ndarray:
+    """A clip of `frames` frames, (frames, size, size, 3) uint8, from an animated GIF (a
+    path or its bytes) or a folder of PNG or JPEG frames (in the order of their names).
+    A longer source gives `frames` frames evenly spaced from its first to its last; a
+    shorter one is refused, as is a GIF whose frames together decode to more than
+    `max_pixels` (default: the instance's upload limit)."""
+    if max_pixels is None:
+        from tokenlearner.limits import Limits
+
+        max_pixels = Limits.current().max_upload_pixels
+    if not isinstance(source, bytes) and os.path.isdir(source):
+        return _clip_from_folder(source, frames, size, max_pixels)
+    name = "the upload" if isinstance(source, bytes) else str(source)
+    try:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+    except OSError as error:
+        raise ImageError(f"{name} cannot be opened ({error.strerror})") from None
+    decoded = []
+    with handle, _DECODING:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                gif = Image.open(handle, formats=("GIF",))
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+            raise ImageError(f"{name} is not a GIF: a clip is an animated GIF or a folder of PNG or JPEG "
+                             "frames") from None
+        width, height = gif.size
+        try:
+            while True:
+                if (len(decoded) + 1) * width * height > max_pixels:
+                    raise ImageError(f"{name} has more than {len(decoded)} frames of {width}x{height}: the limit "
+                                     f"is {max_pixels / 1e6:.0f} MP over all its frames; use a shorter or "
+                                     "smaller GIF")
+                gif.seek(len(decoded))
+                decoded.append(to_model_input(_to_rgb(gif.copy()), size))
+        except EOFError:  # past its last frame
+            pass
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ImageError(f"{name} is truncated or corrupt ({error})") from None
+    return _evenly_spaced(decoded, frames, name)
+
+
+def _clip_from_folder(folder: str | os.PathLike, frames: int, size: int, max_pixels: int) -> np.ndarray:
+    names = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.lower().endswith(FRAME_SUFFIXES) and entry.is_file():
+                    names.append(entry.name)
+                    if len(names) > MAX_FOLDER_FRAMES:
+                        raise ImageError(f"{folder} holds more than {MAX_FOLDER_FRAMES} frames: use a shorter clip")
+    except OSError as error:
+        raise ImageError(f"{folder} cannot be read ({error.strerror})") from None
+    chosen = _evenly_spaced(sorted(names), frames, f"{folder}, a folder of frames,")
+    return np.stack([to_model_input(read_image(os.path.join(folder, name), max_pixels), size) for name in chosen])
+
+
+def _evenly_spaced(items: list, frames: int, name: str):
+    if len(items) < frames:
+        raise ImageError(f"{name} has {len(items)} frame(s) and the model takes {frames}: use a clip of at least "
+                         f"{frames} frames")
+    picks = np.linspace(0, len(items) - 1, frames).round().astype(int)
+    chosen = [items[index] for index in picks]
+    return np.stack(chosen) if isinstance(chosen[0], np.ndarray) else chosen

@@ -20,6 +20,7 @@ again without the others, and the three parts never share a stream.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,8 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class MovingShapes:
     """The three parts of one draw, uint8 clips (N, frames, 32, 32, 3) and int32 labels
-    (the index of the shape that moves), with what drew them."""
+    (the index of the shape that moves), with what drew them; or, for an image model,
+    each clip's first frame alone, (N, 32, 32, 3) (`first_frames`)."""
 
     train_clips: np.ndarray
     train_labels: np.ndarray
@@ -70,12 +72,25 @@ class MovingShapes:
     seed: int
     frames: int
     cifar_directory: Path | None
+    first_frame_only: bool = False
 
     class_names = CLASS_NAMES
+
+    @property
+    def model_frames(self) -> int:
+        """The frames a model trained on these takes: 1 once reduced to first frames."""
+        return 1 if self.first_frame_only else self.frames
+
+    def first_frames(self) -> "MovingShapes":
+        """Each clip's first frame alone: the data of a single-frame model, which, since one
+        frame cannot tell the labels apart, stays at chance."""
+        return dataclasses.replace(self, train_clips=self.train_clips[:, 0], val_clips=self.val_clips[:, 0],
+                                   test_clips=self.test_clips[:, 0], first_frame_only=True)
 
     def describe(self) -> dict:
         """What a run records to draw the same clips again."""
         return {"kind": "moving_shapes", "seed": self.seed, "frames": self.frames,
+                "first_frame_only": self.first_frame_only,
                 "cifar_directory": str(self.cifar_directory) if self.cifar_directory else None,
                 "train_clips": len(self.train_labels), "val_clips": len(self.val_labels),
                 "test_clips": len(self.test_labels), "class_names": list(CLASS_NAMES)}
@@ -133,9 +148,10 @@ def draw_part(seed: int, part: str, count: int, frames: int = 8,
 
 
 def moving_shapes(train: int = 4000, val: int = 1000, test: int = 1000, frames: int = 8, seed: int = 0,
-                  cifar_directory: str | os.PathLike | None = None) -> MovingShapes:
-    """Draw the three parts. A bad count or frame number raises a ValueError that says
-    what is allowed; a CIFAR-10 folder that cannot be read, a `DataError`."""
+                  cifar_directory: str | os.PathLike | None = None, parts: tuple[str, ...] = PARTS) -> MovingShapes:
+    """Draw the three parts (or only those in `parts`: the others are left empty, as an
+    evaluation needs the test clips alone). A bad count or frame number raises a
+    ValueError that says what is allowed; a CIFAR-10 folder that cannot be read, a `DataError`."""
     for name, count in (("train", train), ("val", val), ("test", test)):
         if not 1 <= count <= MAX_CLIPS:
             raise ValueError(f"{name}={count} clips is out of range: must be from 1 to {MAX_CLIPS}")
@@ -153,8 +169,14 @@ def moving_shapes(train: int = 4000, val: int = 1000, test: int = 1000, frames: 
                             f"the moving shapes are drawn on {SIZE}x{SIZE} CIFAR-10 images")
         train_images, test_images = cifar.train_images, cifar.test_images
         cifar_directory = cifar.directory
-    parts = [draw_part(seed, "train", train, frames, train_images),
-             draw_part(seed, "val", val, frames, train_images),
-             draw_part(seed, "test", test, frames, test_images)]
-    return MovingShapes(*parts[0], *parts[1], *parts[2], seed=seed, frames=frames,
+    drawn = [draw_part(seed, part, count if part in parts else 0, frames, images)
+             for part, count, images in zip(PARTS, (train, val, test), (train_images, train_images, test_images))]
+    return MovingShapes(*drawn[0], *drawn[1], *drawn[2], seed=seed, frames=frames,
                         cifar_directory=Path(cifar_directory) if cifar_directory else None)
+
+
+def from_record(record: dict, parts: tuple[str, ...] = PARTS) -> MovingShapes:
+    """The clips a run's `data` record (`MovingShapes.describe`) says it was given."""
+    drawn = moving_shapes(record["train_clips"], record["val_clips"], record["test_clips"], record["frames"],
+                          record["seed"], record["cifar_directory"], parts)
+    return drawn.first_frames() if record.get("first_frame_only") else drawn

@@ -105,10 +105,11 @@ class RunDirectory:
         lines = self.metrics_file.read_text() if self.metrics_file.exists() else ""
         write_text(self.metrics_file, lines + json.dumps(metrics) + "\n")
 
-    def write_map_images(self, indices: list[int], labels: list[int]) -> None:
-        """Which images the per-epoch maps are of: indices into the training batches (the
-        pixels stay in the dataset; a run directory never copies images)."""
-        write_json(self.maps_dir / "images.json", {"train_batch_indices": indices, "labels": labels})
+    def write_map_images(self, indices: list[int], labels: list[int], source: str = "train_batch") -> None:
+        """Which images the per-epoch maps are of: indices into the training batches, or
+        (`source="val_clip"`) into the drawn validation clips (the pixels stay in the
+        dataset; a run directory never copies images)."""
+        write_json(self.maps_dir / "images.json", {f"{source}_indices": indices, "labels": labels})
 
     def write_maps(self, epoch: int, probabilities: np.ndarray, maps: dict[str, np.ndarray]) -> None:
         with atomic_path(self.maps_dir / f"epoch_{epoch:03d}.npz") as temporary:

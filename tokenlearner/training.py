@@ -23,6 +23,8 @@ from tokenlearner import native
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import Cifar10, DataError, Split, split
 from tokenlearner.flops import count
+from tokenlearner.moving_shapes import SIZE as CLIP_SIZE
+from tokenlearner.moving_shapes import MovingShapes
 from tokenlearner.runs import RunDirectory
 from tokenlearner.steps import Steps
 
@@ -94,18 +96,60 @@ class Startup:
         self.last = now
 
 
-def check_data_fits(model_config: ModelConfig, data: Cifar10) -> None:
-    """A DataError unless `data` has the image size and the classes `model_config` takes."""
-    size = data.test_images.shape[1]
+def check_data_fits(model_config: ModelConfig, data: Cifar10 | MovingShapes) -> None:
+    """A DataError unless `data` has the image size, the frames and the classes `model_config` takes."""
+    if isinstance(data, MovingShapes):
+        where, size = "the moving shapes", CLIP_SIZE
+        if model_config.frames != data.model_frames:
+            holds = "single frames" if data.first_frame_only else f"clips of {data.frames} frames"
+            takes = f"{model_config.frames}-frame clips" if model_config.is_video else "images"
+            raise DataError(f"the moving shapes are {holds} and the model takes {takes}: "
+                            f"set --frames {data.model_frames}")
+    else:
+        where, size = str(data.directory), data.test_images.shape[1]
+        if model_config.is_video:
+            raise DataError(f"{where} holds CIFAR-10 images and the model takes clips of {model_config.frames} "
+                            "frames: train it on clips (--data moving-shapes), or set --frames 1")
     if size != model_config.input_size:
-        raise DataError(f"{data.directory} holds {size}x{size} images and the model takes {model_config.input_size}"
+        raise DataError(f"{where} holds {size}x{size} images and the model takes {model_config.input_size}"
                         f"x{model_config.input_size} ones: set --input-size {size}")
     if len(data.class_names) != model_config.num_classes:
-        raise DataError(f"{data.directory} has {len(data.class_names)} classes and the model "
+        raise DataError(f"{where} has {len(data.class_names)} classes and the model "
                         f"{model_config.num_classes}: set --num-classes {len(data.class_names)}")
 
 
-def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, run_dir: str | Path,
+def training_parts(data: Cifar10 | MovingShapes, recipe: TrainConfig) -> tuple[Split, np.ndarray, np.ndarray]:
+    """The training and validation parts and the test images and labels that `recipe` asks
+    for: CIFAR-10's training batches split with its seed, or the clips' own three parts;
+    `limit` and `eval_limit` keep the first images of each."""
+    limit, eval_limit = recipe.limit or None, recipe.eval_limit or None
+    test_images, test_labels = test_set(data)
+    if isinstance(data, Cifar10):
+        parts = split(data, recipe.validation_fraction, recipe.seed, limit, eval_limit)
+        return parts, test_images[:eval_limit], test_labels[:eval_limit]
+    train, val = np.arange(len(data.train_labels))[:limit], np.arange(len(data.val_labels))[:eval_limit]
+    parts = Split(data.train_clips[train], data.train_labels[train], data.val_clips[val], data.val_labels[val],
+                  train, val)
+    return parts, test_images[:eval_limit], test_labels[:eval_limit]
+
+
+def test_set(data: Cifar10 | MovingShapes) -> tuple[np.ndarray, np.ndarray]:
+    """The test images (or clips) and their labels."""
+    if isinstance(data, MovingShapes):
+        return data.test_clips, data.test_labels
+    return data.test_images, data.test_labels
+
+
+def _data_record(data: Cifar10 | MovingShapes, parts: Split, test_labels: np.ndarray) -> dict:
+    """What the run records of its data: enough to find or draw the same images again."""
+    counts = {"train_images": len(parts.train_labels), "val_images": len(parts.val_labels),
+              "test_images": len(test_labels)}
+    if isinstance(data, MovingShapes):
+        return {**data.describe(), **counts}
+    return {"directory": str(data.directory), **counts, "class_names": list(data.class_names)}
+
+
+def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10 | MovingShapes, run_dir: str | Path,
           report: Report = _quiet, startup: Startup | None = None,
           after_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train `model_config` on `data` with `train_config`, writing the run directory
@@ -120,10 +164,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, r
     anything is written."""
     startup = startup or Startup()
     check_data_fits(model_config, data)
-    parts = split(data, train_config.validation_fraction, train_config.seed, train_config.limit or None,
-                  train_config.eval_limit or None)
-    test_images = data.test_images[: train_config.eval_limit or None]
-    test_labels = data.test_labels[: train_config.eval_limit or None]
+    parts, test_images, test_labels = training_parts(data, train_config)
     startup.lap("splitting the data")
     kernels = native.describe()
     startup.lap("loading the kernels")
@@ -131,9 +172,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10, r
     run = RunDirectory(run_dir).create({
         "model": model_config.to_dict(),
         "train": train_config.to_dict(),
-        "data": {"directory": str(data.directory), "train_images": len(parts.train_labels),
-                 "val_images": len(parts.val_labels), "test_images": len(test_labels),
-                 "class_names": list(data.class_names)},
+        "data": _data_record(data, parts, test_labels),
         "command": sys.argv,
         "kernels": kernels,
     })
@@ -167,12 +206,14 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, parts: Split, t
     startup.lap("building the model")
 
     map_images = parts.val_images[:MAP_IMAGES]
-    run.write_map_images(parts.val_index[:MAP_IMAGES].tolist(), parts.val_labels[:MAP_IMAGES].tolist())
+    run.write_map_images(parts.val_index[:MAP_IMAGES].tolist(), parts.val_labels[:MAP_IMAGES].tolist(),
+                         "val_clip" if model_config.is_video else "train_batch")
     run.write_maps(0, *predict_with_maps(model, map_images))
     startup.lap("the maps before training")
     steps.train_step.get_concrete_function()  # traced here, only to time it apart from its first call
     startup.lap("tracing the training step")
 
+    unit = "clips" if model_config.is_video else "images"
     shuffle = np.random.default_rng(train_config.seed)
     total_steps = train_config.epochs * steps_per_epoch
     best_top1, best_epoch, best_weights = -1.0, 0, None
@@ -208,7 +249,7 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, parts: Split, t
                                    steps=steps_per_epoch, images_per_s=rate, eta_s=eta)
                 report(f"epoch {epoch}/{train_config.epochs}  step {step + 1}/{steps_per_epoch}  "
                        f"loss {totals[0] / seen:.4f}  "
-                       + (f"{rate:.0f} images/s  ETA {_duration(eta)}" if rate else "compiling the step"), True)
+                       + (f"{rate:.0f} {unit}/s  ETA {_duration(eta)}" if rate else "compiling the step"), True)
         if seen == 0:  # stopped before this epoch's first step
             break
         validation = steps.evaluate(parts.val_images, parts.val_labels)
