@@ -1,8 +1,8 @@
 """A small video data set that needs time, drawn from a seed: four shapes on a 32x32
 canvas, one of which moves; the label is which one.
 
-Every clip holds a disc, a square, a triangle and a cross, each of a colour of its own,
-over a background; the labelled shape slides in a straight line at 1.5 to 3 pixels per
+Every clip holds a red disc, a green square, a blue triangle and a yellow cross (each
+colour jittered a little per clip) over a dark noisy background; the labelled shape slides in a straight line at 1.5 to 3 pixels per
 frame and the three others stand still. Every position is on a torus (a shape leaving on
 one side comes back on the other) and starts uniformly at random, so in any single frame
 each shape's position is uniform whether it moves or not: one frame has the same
@@ -10,7 +10,7 @@ distribution under every label, and only motion tells them apart. The shapes are
 in a fixed order, so which one covers which does not depend on the label either.
 
 With a CIFAR-10 folder the background is a CIFAR-10 image and each shape is cut out of
-another (with a white outline to keep its outline visible): the training and validation
+another, outlined in its own colour: the training and validation
 clips take their images from the training batches only, the test clips from the test
 batch only.
 
@@ -28,6 +28,10 @@ from pathlib import Path
 import numpy as np
 
 SHAPES = ("disc", "square", "triangle", "cross")
+# Each shape's own colour (jittered per clip), so that which shape is which is plain to see:
+# what the model has to learn is which one moves.
+COLOURS = np.array([(230, 60, 60), (60, 200, 80), (70, 110, 240), (240, 210, 50)], dtype=np.float64)
+COLOUR_JITTER = 20
 CLASS_NAMES = tuple(f"the {shape} moves" for shape in SHAPES)
 PARTS = ("train", "val", "test")
 SIZE = 32
@@ -113,8 +117,8 @@ def draw_clip(seed: int, part: str, index: int, frames: int = 8,
 
     if backgrounds is None:
         background = rng.uniform(0, 60, size=3) + rng.normal(0, 6, size=(SIZE, SIZE, 3))
-        fills = [np.broadcast_to(rng.uniform(90, 255, size=3), (SHAPE_SIDE, SHAPE_SIDE, 3))
-                 for _ in SHAPES]
+        fills = [np.broadcast_to(colour + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, size=3),
+                                 (SHAPE_SIDE, SHAPE_SIDE, 3)) for colour in COLOURS]
     else:
         picks = rng.integers(len(backgrounds), size=1 + len(SHAPES))
         offsets = rng.integers(SIZE - SHAPE_SIDE + 1, size=(len(SHAPES), 2))
@@ -131,7 +135,7 @@ def draw_clip(seed: int, part: str, index: int, frames: int = 8,
             patch = canvas[rows, cols]
             patch[mask] = fill[mask]
             if backgrounds is not None:
-                patch[_outline(mask)] = 255.0
+                patch[_outline(mask)] = COLOURS[SHAPES.index(shape)]
             canvas[rows, cols] = patch
         clip[frame] = canvas
     return np.clip(np.round(clip), 0, 255).astype(np.uint8), label, corners
