@@ -23,6 +23,7 @@ page = st.navigation(
         st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
         st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page("pages/flops.py", title="FLOPs", icon=":material/calculate:"),
+        st.Page("pages/video.py", title="Video", icon=":material/movie:"),
     ]
 )
 run_page(page)

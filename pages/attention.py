@@ -14,7 +14,9 @@ from tokenlearner.ui import (as_text, data_directory, find_cifar10, linked_run, 
 page_setup()
 st.title("Attention")
 runs, problems = find_runs()
-runs = [run for run in runs if run.has_model]
+if any(run.is_video for run in runs):
+    st.caption("Video models are on the Video page.")
+runs = [run for run in runs if run.has_model and not run.is_video]
 for problem in problems:
     st.warning(problem)
 if not runs:

@@ -59,6 +59,9 @@ def grids_section(grids) -> None:
 
 
 runs, problems = find_runs()
+if any(run.is_video for run in runs):  # other data: their accuracies do not belong on one axis with these
+    st.caption("Video models, trained on clips, are on the Video page.")
+runs = [run for run in runs if not run.is_video]
 grids = find_grids()
 for problem in problems:
     st.warning(problem)

@@ -12,7 +12,8 @@ from tokenlearner.config import ModelConfig
 from tokenlearner.flops import count
 from tokenlearner.runs import RunDirectory
 
-PAGES = ["pages/home.py", "pages/train.py", "pages/attention.py", "pages/compare.py", "pages/flops.py"]
+PAGES = ["pages/home.py", "pages/train.py", "pages/attention.py", "pages/compare.py", "pages/flops.py",
+         "pages/video.py"]
 
 
 def app() -> AppTest:
@@ -406,7 +407,8 @@ def test_without_data_the_pages_say_where_they_looked(tmp_path, monkeypatch):
     assert "looked in the given path" in test.warning[0].value
 
 
-@pytest.mark.parametrize("page", ["pages/home.py", "pages/train.py", "pages/compare.py", "pages/flops.py"])
+@pytest.mark.parametrize("page", ["pages/home.py", "pages/train.py", "pages/compare.py", "pages/flops.py",
+                                  "pages/video.py"])
 def test_pages_that_need_no_model_do_not_load_tensorflow(page, tmp_path, cifar_dir):
     """Home included: with the CIFAR-10 copy the checkpoints were trained on, it draws their
     stored maps (without it, it draws a drawing's, which needs the model)."""
@@ -733,3 +735,78 @@ def test_compare_page_shows_a_searchs_front(explorer, tmp_path):
     assert list(table["state"]) == ["finished", "stopped early", "running"]
     assert list(table["front"]) == [True, False, False] and list(table["val_top1"]) == [50.0, 10.0, 20.0]
     assert any("hollow: stopped early by ASHA" in caption.value for caption in test.caption)
+
+
+VIDEO_CONFIG = ModelConfig(frames=4, tubelet_frames=2, depth=2, placement=1, num_classes=4, resize_size=32,
+                           image_size=32, patch_size=8)
+
+
+@pytest.fixture
+def video_run(explorer):
+    """Beside the explorer's image run, an (untrained) video model of 4-frame clips in
+    tubelets of 2, recorded as trained on moving shapes."""
+    from tokenlearner import build_model
+    from tokenlearner.moving_shapes import moving_shapes
+
+    record = moving_shapes(2, 2, 6, frames=4, seed=1, parts=("test",)).describe()
+    run = RunDirectory(explorer.path.parent / "video-run").create({"model": VIDEO_CONFIG.to_dict(), "data": record})
+    run.save_model(build_model(VIDEO_CONFIG))
+    run.set_status("finished")
+    return run
+
+
+def video_page() -> AppTest:
+    test = app().run()
+    test.switch_page("pages/video.py").run()
+    return test
+
+
+def test_video_page_plays_a_clip_with_every_tokens_maps(video_run):
+    from tokenlearner.flops import without_tokenlearner
+
+    test = video_page()
+    assert not test.exception, test.exception
+    assert test.selectbox(key="video_run").value.name == "runs/video-run"
+    assert len(test.get("image")) == 2  # the frame with each token's map, and the dominant-token view
+    assert any("moves" in markdown.value for markdown in test.markdown)  # the prediction, with its verdict
+    assert len(test.get("plotly_chart")) == 1
+    test.slider(key="video_frame").set_value(3).run()
+    test.button(key="video_play").click().run()
+    test.number_input(key="video_clip").set_value(5).run()
+    assert not test.exception, test.exception
+    assert len(test.get("image")) == 2
+    costs = test.dataframe[-1].value
+    assert list(costs["MACs per clip (M)"]) == [round(count(VIDEO_CONFIG).macs / 1e6, 1),
+                                                round(count(without_tokenlearner(VIDEO_CONFIG)).macs / 1e6, 1)]
+    assert list(costs["tokens each block attends over"]) == ["32, 8", "32, 32"]
+
+
+def test_video_page_takes_a_gif_and_refuses_a_short_one(video_run):
+    from test_images import gif_of, numbered_frames
+
+    test = video_page()
+    test.radio(key="video_source").set_value("my own GIF").run()
+    test.file_uploader(key="video_upload").set_value(("clip.gif", gif_of(numbered_frames(6)), "image/gif")).run()
+    assert not test.exception, test.exception
+    assert len(test.get("image")) == 2
+    test.file_uploader(key="video_upload").set_value(("short.gif", gif_of(numbered_frames(2)), "image/gif")).run()
+    assert not test.exception
+    assert "has 2 frame(s) and the model takes 4" in test.error[0].value
+
+
+def test_without_a_video_model_the_video_page_says_how_to_train_one(explorer):
+    test = video_page()
+    assert not test.exception
+    assert "No video model yet" in test.info[0].value
+    assert "--data moving-shapes --frames 8" in test.code[0].value
+
+
+def test_the_image_pages_leave_video_models_out(video_run):
+    test = attention_page()
+    assert not test.exception
+    assert test.selectbox(key="attention_run").options == ["runs/fuser-run (finished)"]
+    assert any("Video models are on the Video page" in caption.value for caption in test.caption)
+    test.switch_page("pages/compare.py").run()
+    assert not test.exception
+    test.switch_page("pages/home.py").run()
+    assert not test.exception

@@ -18,8 +18,8 @@ ARTIFACTS = REPO / "test-artifacts"
 LAPTOP = {"width": 1366, "height": 768}
 PHONE = {"width": 390, "height": 844}
 PAGES = {"": "TokenLearner Explorer", "train": "Train", "attention": "Attention", "compare": "Compare",
-         "flops": "FLOPs"}
-NAVIGATION = ["Home", "Train", "Attention", "Compare", "FLOPs"]  # app.py's, not Streamlit's own of pages/
+         "flops": "FLOPs", "video": "Video"}
+NAVIGATION = ["Home", "Train", "Attention", "Compare", "FLOPs", "Video"]  # app.py's, not Streamlit's own of pages/
 MAIN_PICTURE = ".st-key-main_picture"
 # The first links the fresh servers are opened by: two models side by side; a model's knobs.
 SIDE_BY_SIDE = "attention?run=checkpoints/v11-8-tokens&compare=checkpoints/v1-8-tokens"
@@ -92,16 +92,24 @@ def screenshot(page, name: str) -> None:
 @pytest.fixture(scope="module")
 def with_data(browser, tmp_path_factory):
     """A server with CIFAR-10 ($TOKENLEARNER_DATA_DIR, else a small generated folder), the
-    shipped checkpoints and one untrained run to delete; opened first by SIDE_BY_SIDE."""
+    shipped checkpoints, one untrained run to delete and an untrained video model of
+    moving shapes; opened first by SIDE_BY_SIDE."""
     from cifar_files import make_cifar_folder
 
     from tokenlearner import ModelConfig, build_model
+    from tokenlearner.moving_shapes import moving_shapes
     from tokenlearner.runs import RunDirectory
 
     work = tmp_path_factory.mktemp("with-data")
     config = ModelConfig()
     run = RunDirectory(work / "runs" / "untrained").create({"model": config.to_dict()})
     run.save_model(build_model(config))
+    run.set_status("finished")
+    video = ModelConfig(frames=8, tubelet_frames=2, num_classes=4, resize_size=32, image_size=32, patch_size=8,
+                        tokenlearner="v11", num_tokens=8, placement=1)
+    clips = moving_shapes(1, 1, 4, frames=8, parts=("test",)).describe()
+    run = RunDirectory(work / "runs" / "untrained-video").create({"model": video.to_dict(), "data": clips})
+    run.save_model(build_model(video))
     run.set_status("finished")
     env = {**os.environ, "TOKENLEARNER_RUNS_DIR": str(work / "runs")}
     env.setdefault("TOKENLEARNER_DATA_DIR", str(make_cifar_folder(work / "cifar-10-batches-py")))

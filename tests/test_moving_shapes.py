@@ -8,7 +8,8 @@ from cifar_files import make_cifar_folder, write_batch
 from tokenlearner.data import TEST_BATCH, TRAIN_BATCHES
 from tokenlearner.config import ModelConfig
 from tokenlearner.data import DataError
-from tokenlearner.moving_shapes import CLASS_NAMES, COLOURS, SHAPES, SIZE, draw_clip, draw_part, from_record, moving_shapes
+from tokenlearner.moving_shapes import (CLASS_NAMES, COLOURS, SHAPES, SIZE, draw_clip, draw_part, draw_test_clip,
+                                        from_record, moving_shapes)
 from tokenlearner.training import check_data_fits
 
 
@@ -29,6 +30,11 @@ def test_the_same_seed_draws_the_same_clips_and_each_clip_alone():
     assert first.describe() == {"kind": "moving_shapes", "seed": 3, "frames": 4, "first_frame_only": False,
                                 "cifar_directory": None, "train_clips": 12, "val_clips": 5, "test_clips": 5,
                                 "class_names": list(CLASS_NAMES)}
+    clip, label = draw_test_clip(first.describe(), 4)
+    np.testing.assert_array_equal(clip, first.test_clips[4])
+    assert label == first.test_labels[4]
+    with pytest.raises(ValueError, match="test clip 5 does not exist: the run was tested on clips 0 to 4"):
+        draw_test_clip(first.describe(), 5)
     drawn_again = from_record(first.describe(), parts=("test",))
     np.testing.assert_array_equal(drawn_again.test_clips, first.test_clips)
     assert len(drawn_again.train_clips) == 0

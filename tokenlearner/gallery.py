@@ -27,9 +27,9 @@ def pick_images(labels: np.ndarray, how: str, count: int, seed: int = 0, class_i
 
 def showcase(runs: list) -> object | None:
     """The run whose learned-token maps the home page shows: the most accurate finished
-    TokenLearner model, a shipped checkpoint before any local run."""
+    TokenLearner image model, a shipped checkpoint before any local run."""
     candidates = [run for run in runs
-                  if run.config.tokenlearner != "none" and run.summary and run.summary.get("test_top1") is not None
+                  if run.config.tokenlearner != "none" and not run.is_video and run.summary and run.summary.get("test_top1") is not None
                   and run.summary.get("best_epoch") in run.directory.map_epochs()]
     if not candidates:
         return None

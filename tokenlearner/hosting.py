@@ -89,8 +89,7 @@ def warm_up() -> None:
     first = showcase(with_model) or (with_model[0] if with_model else None)
     if first is not None:
         model = ui.load_run_model(str(first.directory.model_file), first.directory.model_file.stat().st_mtime)
-        size = first.config.input_size
-        predict_with_maps(model, np.zeros((1, size, size, 3), np.uint8))
+        predict_with_maps(model, np.zeros((1, *first.config.input_shape), np.uint8))
 
 
 def serve(streamlit_args: list[str]) -> None:

@@ -184,3 +184,18 @@ def from_record(record: dict, parts: tuple[str, ...] = PARTS) -> MovingShapes:
     drawn = moving_shapes(record["train_clips"], record["val_clips"], record["test_clips"], record["frames"],
                           record["seed"], record["cifar_directory"], parts)
     return drawn.first_frames() if record.get("first_frame_only") else drawn
+
+
+def draw_test_clip(record: dict, index: int) -> tuple[np.ndarray, int]:
+    """Test clip `index` of the clips a run's `data` record describes, drawn alone, and its
+    label; an index outside the part raises a ValueError."""
+    if not 0 <= index < record["test_clips"]:
+        raise ValueError(f"test clip {index} does not exist: the run was tested on clips 0 to "
+                         f"{record['test_clips'] - 1}")
+    backgrounds = None
+    if record["cifar_directory"]:
+        from tokenlearner.data import load_cifar10
+
+        backgrounds = load_cifar10(record["cifar_directory"], train_images=False).test_images
+    clip, label, _ = draw_clip(record["seed"], "test", index, record["frames"], backgrounds)
+    return (clip[0] if record.get("first_frame_only") else clip), label

@@ -239,6 +239,11 @@ class RunInfo:
     summary: dict[str, Any] | None
     has_model: bool
 
+    @property
+    def is_video(self) -> bool:
+        """A model of clips: the Video page shows it, the image pages leave it out."""
+        return self.config.is_video
+
 
 def find_runs(*roots: str | os.PathLike) -> tuple[list[RunInfo], list[str]]:
     """The run directories directly inside `roots` (default: the shipped checkpoints and the

@@ -203,6 +203,14 @@ def drawing_maps(model_path: str, modified: float):
     return image, {name: value[0] for name, value in maps.items()}
 
 
+@st.cache_data(max_entries=16, show_spinner="Drawing the clip...")
+def drawn_test_clip(record: dict, index: int):
+    """Test clip `index` of the moving shapes a run's data `record` describes, and its label."""
+    from tokenlearner.moving_shapes import draw_test_clip
+
+    return draw_test_clip(record, index)
+
+
 @st.cache_resource(max_entries=1, show_spinner="Reading CIFAR-10...")
 def _read_cifar10(directory: str, versions: tuple):
     """The folder's data, or the message of the `DataError` reading it raised: Streamlit's
