@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw
 
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import Cifar10
-from tokenlearner.overlay import colorize, normalise, token_colours
+from tokenlearner.moving_shapes import MovingShapes
+from tokenlearner.overlay import colorize, dominant_token_image, normalise, overlay_grid, stack_rows, token_colours
 from tokenlearner.runs import RunDirectory, RunError
 
 CARD = "README.md"
@@ -41,12 +42,18 @@ SHIPPING_TOLERANCE = 0.0025
 def describe(config: ModelConfig) -> str:
     """One line: what this model is."""
     blocks = f"{config.depth}-block mini ViT ({config.dim} wide, {config.heads} heads)"
+    if config.is_video:
+        tubelets = f", patches of {config.tubelet_frames} frames" if config.tubelet_frames > 1 else ""
+        blocks += f" over {config.frames}-frame clips{tubelets}"
+    patches = config.temporal_slices * config.num_patches
     if config.tokenlearner == "none":
-        return f"{blocks} without TokenLearner: every block attends over all {config.num_patches} patches"
+        return f"{blocks} without TokenLearner: every block attends over all {patches} patches"
     version = {"v1": "v1.0", "v11": f"v1.1 ({config.v11_style.replace('_', ' ')})"}[config.tokenlearner]
     fuser = " with TokenFuser" if config.fuser else ""
-    return (f"{blocks} with TokenLearner {version}{fuser}: {config.num_tokens} tokens learned from the "
-            f"{config.num_patches} patches after block {config.placement} of {config.depth}")
+    where = (f"from each temporal slice's {config.num_patches} patches ({config.temporal_slices} slices)"
+             if config.is_video else f"from the {config.num_patches} patches")
+    return (f"{blocks} with TokenLearner {version}{fuser}: {config.num_tokens} tokens learned {where} "
+            f"after block {config.placement} of {config.depth}")
 
 
 def render_card(directory: str | os.PathLike, name: str | None = None) -> str:
@@ -64,6 +71,12 @@ def render_card(directory: str | os.PathLike, name: str | None = None) -> str:
         "This model has no TokenLearner, so it learns no token maps: it is the baseline the\n"
         "others are measured against."
         if model.tokenlearner == "none" else
+        f"![maps of a test clip]({PICTURE})\n\n"
+        "A test clip the model classifies right (the caption says which shape moves): each row is one\n"
+        "temporal slice, its first frame and then every token's map over it (bright: the patches the\n"
+        "token pools), then the patches coloured by the token that weights them most. The app's Video\n"
+        "page plays any test clip this way, or a GIF of your own."
+        if model.is_video else
         f"![maps of {PICTURE_IMAGES} test images]({PICTURE})\n\n"
         f"Each row is one test image (the first {PICTURE_IMAGES} of different classes that the model gets\n"
         "right): every token's map over the patch grid (bright: the patches the token pools), then the\n"
@@ -73,31 +86,46 @@ def render_card(directory: str | os.PathLike, name: str | None = None) -> str:
     overlay = "" if model.tokenlearner == "none" else " --overlay maps.png"
     maps_use = ("is empty: without TokenLearner there are no token maps" if model.tokenlearner == "none" else
                 "maps each TokenLearner (and TokenFuser) layer's name to its maps on the patch grid, "
-                "(images, tokens, height, width)")
+                + ("(clips, temporal slices, tokens, height, width)" if model.is_video else
+                   "(images, tokens, height, width)"))
     versions = ", ".join(f"{name} {version}" for name, version in record["versions"].items())
-    return f"""# {name}
-
-{describe(model)}.
-
-**Trained on {data['train_images']:,} CIFAR-10 training images**, with {data['val_images']:,} more held out for
+    if model.is_video:
+        trained_on = f"""**Trained on {data['train_images']:,} clips of moving shapes** (`tokenlearner/moving_shapes.py`, seed
+{data['seed']}), with {data['val_images']:,} more for validation and {data['test_images']:,} test clips for the results
+below, each part drawn from its own stream: four shapes on a 32x32 canvas, one of which moves, and
+the label is which one ({len(data['class_names'])} classes, chance {100 / len(data['class_names']):.0f}%). No single frame can tell
+the labels apart (docs/video.md), so what this model reaches it reaches from motion."""
+        unit, sample = "clip", f"np.zeros((2, {model.frames}, 32, 32, 3), np.uint8)  # clips: {model.frames} frames of 32x32, 0-255"
+        command_input = "--image clip.gif"
+        trained_by = f"\nTrained by\n\n```bash\npython -m tokenlearner {' '.join(record['command'][1:])}\n```\n"
+    else:
+        trained_on = f"""**Trained on {data['train_images']:,} CIFAR-10 training images**, with {data['val_images']:,} more held out for
 validation and {data['test_images']:,} test images for the results below, all from a
 `cifar-10-batches-py` folder in the official format. That is {data['train_images'] / FULL_TRAIN_SET:.1%} of the
 {FULL_TRAIN_SET:,} training images of the full set: read the accuracy as what this model reaches on that
 much of CIFAR-10, not as a CIFAR-10 result (the keras.io example reports about 56% top-1
-after 20 epochs on the full set).
+after 20 epochs on the full set)."""
+        unit, sample = "image", "np.zeros((2, 32, 32, 3), np.uint8)  # your RGB images: 32x32, values 0-255"
+        command_input = "--image photo.jpg"
+        trained_by = ""
+    return f"""# {name}
+
+{describe(model)}.
+
+{trained_on}
 
 ## Results
 
 | | |
 |---|---|
-| test top-1 | **{100 * summary['test_top1']:.2f}%** on {summary['test_images']:,} test images |
+| test top-1 | **{100 * summary['test_top1']:.2f}%** on {summary['test_images']:,} test {unit}s |
 | test top-5 | {100 * summary['test_top5']:.2f}% |
 | best validation top-1 | {100 * summary['best_val_top1']:.2f}% (epoch {summary['best_epoch']} of {summary['epochs_completed']}; its weights are `model.keras`) |
 | train top-1 at that epoch | {100 * best['top1']:.2f}% (against the unmixed labels, with augmentation on) |
 | parameters | {summary['params']:,} |
-| multiply-accumulates per image | {summary['macs'] / 1e6:.2f} M |
+| multiply-accumulates per {unit} | {summary['macs'] / 1e6:.2f} M |
 | keras.io-convention GFLOPs | {summary['keras_io_gflops']:.4f} |
-| training time | {_training_time(summary)} |
+| training time | {_training_time(summary, unit)} |
 
 ## Use it
 
@@ -108,21 +136,21 @@ import numpy as np
 import tokenlearner
 
 model = tokenlearner.load_model("checkpoints/{name}")
-images = np.zeros((2, 32, 32, 3), np.uint8)  # your RGB images: 32x32, values 0-255
+images = {sample}
 probabilities, maps = tokenlearner.predict_with_maps(model, images)
 ```
 
-`probabilities` is (2, {model.num_classes}), one row of class probabilities per image;
+`probabilities` is (2, {model.num_classes}), one row of class probabilities per {unit};
 `maps` {maps_use}.
-`python -m tokenlearner predict checkpoints/{name} --image photo.jpg{overlay}`
-does the same for a photo of any size.
+`python -m tokenlearner predict checkpoints/{name} {command_input}{overlay}`
+does the same for {"an animated GIF or a folder of frames" if model.is_video else "a photo of any size"}.
 
 ## Learned-token maps
 
 {maps_section}
 
 ## Training
-
+{trained_by}
 The recipe (defaults: the keras.io example's):
 
 | field | this model | keras.io |
@@ -132,7 +160,7 @@ The recipe (defaults: the keras.io example's):
 Seed {recipe.seed}. `model.keras` stores the weights of the best epoch in float16, which halves
 the file; the model loads them into float32 variables and computes in float32, and the
 stored weights were checked to give the test top-1 above to within 0.25 points. Every epoch's metrics are in `metrics.jsonl`, the maps of 8 fixed
-validation images after each epoch in `maps/`.
+validation {unit}s after each epoch in `maps/`.
 
 ## Model config
 
@@ -146,11 +174,11 @@ validation images after each epoch in `maps/`.
 """
 
 
-def _training_time(summary: dict) -> str:
+def _training_time(summary: dict, unit: str) -> str:
     minutes = f"{summary['train_seconds'] / 60:.1f} min"
     # A run of a single step has no step after the compiling one to time.
     speed = summary["train_images_per_s"]
-    return f"{minutes} at {speed:.0f} training images/s" if speed else minutes
+    return f"{minutes} at {speed:.0f} training {unit}s/s" if speed else minutes
 
 
 def picture_indices(labels: np.ndarray, predicted: np.ndarray, count: int = PICTURE_IMAGES) -> list[int]:
@@ -184,6 +212,23 @@ def draw_maps(maps: np.ndarray, captions: list[str], tile: int = 64, gap: int = 
         for column, picture in enumerate(tiles):
             sheet.paste(picture, (column * (tile + gap), top + caption_height))
     return sheet
+
+
+def draw_clip_maps(clip: np.ndarray, maps: np.ndarray, config: ModelConfig, caption: str) -> Image.Image:
+    """A clip's maps, (slices, S, h, w): under the caption, a row per temporal slice, its
+    first frame and that frame under each token's map, then the dominant-token view."""
+    rows = []
+    for index, slice_maps in enumerate(maps):
+        frame = clip[index * config.tubelet_frames]
+        grid = overlay_grid(frame, slice_maps, config.covered_region(), scale=4)
+        dominant = dominant_token_image(frame, slice_maps, config.covered_region(), scale=4)
+        row = Image.new("RGB", (grid.width + 4 + dominant.width, grid.height), "white")
+        row.paste(grid, (0, 0))
+        row.paste(dominant, (grid.width + 4, 0))
+        rows.append(row)
+    title = Image.new("RGB", (rows[0].width, 14), "white")
+    ImageDraw.Draw(title).text((0, 0), caption, fill=(0, 0, 0))
+    return stack_rows([title, *rows], gap=2)
 
 
 def write_half_precision_copy(source: Path, destination: Path) -> None:
@@ -226,21 +271,24 @@ def check_shippable(run_dir: str | os.PathLike, destination: str | os.PathLike) 
     return source
 
 
-def ship(run_dir: str | os.PathLike, destination: str | os.PathLike, load_data: Callable[[], Cifar10]) -> Path:
+def ship(run_dir: str | os.PathLike, destination: str | os.PathLike,
+         load_data: Callable[[], Cifar10 | MovingShapes]) -> Path:
     """Copy the finished run `run_dir` to the new folder `destination` (without per-step
     files, weights stored in float16), check that the stored weights still give the test
-    accuracy of its metrics.json, draw its maps picture on the test images of
+    accuracy of its metrics.json, draw its maps picture on the test images (or clips) of
     `load_data()` and write its card. The folder appears whole or not at all."""
     from tokenlearner.model import predict_with_maps
     from tokenlearner.steps import Steps
+    from tokenlearner.training import test_set
 
     source, destination = check_shippable(run_dir, destination), Path(destination)
     source.load_model()  # a RunError if its model is damaged
     data = load_data()
+    test_images, test_labels = test_set(data)
     summary = source.summary()
-    if len(data.test_labels) != summary["test_images"]:
+    if len(test_labels) != summary["test_images"]:
         raise RunError(f"{source.path} was tested on {summary['test_images']} images, the data given has "
-                       f"{len(data.test_labels)}: ship it with the CIFAR-10 folder it was trained on")
+                       f"{len(test_labels)}: ship it with the CIFAR-10 folder it was trained on")
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
@@ -251,18 +299,21 @@ def ship(run_dir: str | os.PathLike, destination: str | os.PathLike, load_data: 
             else:
                 (shutil.copytree if path.is_dir() else shutil.copy2)(path, staging / name)
         model, config = RunDirectory(staging).load_model()
-        stored = Steps(model, None, config.num_classes).evaluate(data.test_images, data.test_labels)
+        stored = Steps(model, None, config.num_classes).evaluate(test_images, test_labels)
         if abs(stored["top1"] - summary["test_top1"]) > SHIPPING_TOLERANCE:
             raise RunError(f"the float16 weights give test top-1 {stored['top1']:.4f}, the run reports "
                            f"{summary['test_top1']:.4f}: more than {SHIPPING_TOLERANCE} apart")
         if config.tokenlearner != "none":
-            probabilities, all_maps = predict_with_maps(model, data.test_images)
+            probabilities, all_maps = predict_with_maps(model, test_images)
             predicted = probabilities.argmax(axis=-1)
-            indices = picture_indices(data.test_labels, predicted)
+            indices = picture_indices(test_labels, predicted, 1 if config.is_video else PICTURE_IMAGES)
             first = all_maps[config.layer_names("token_learner")[0]]
-            captions = [f"test #{i}: {data.class_names[data.test_labels[i]]} "
+            captions = [f"test #{i}: {data.class_names[test_labels[i]]} "
                         f"({100 * probabilities[i, predicted[i]]:.0f}%)" for i in indices]
-            draw_maps(first[indices], captions).save(staging / PICTURE)
+            if config.is_video:  # drawn shapes, not CIFAR-10: the frames can be shown under their maps
+                draw_clip_maps(test_images[indices[0]], first[indices[0]], config, captions[0]).save(staging / PICTURE)
+            else:
+                draw_maps(first[indices], captions).save(staging / PICTURE)
         (staging / CARD).write_text(render_card(staging, destination.name))
         size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
         if size > MAX_BYTES:

@@ -454,9 +454,13 @@ def run_experiment(args: argparse.Namespace) -> None:
 def run_ship(args: argparse.Namespace) -> None:
     from tokenlearner.card import check_shippable, ship
 
-    check_shippable(args.run, Path(args.into) / args.name)
+    from tokenlearner.moving_shapes import from_record
+
+    record = check_shippable(args.run, Path(args.into) / args.name).record().get("data", {})
     import_keras_quietly(one_thread_per_op=True)
-    destination = ship(args.run, Path(args.into) / args.name, lambda: _load_cifar(args.data_dir))
+    clips = record.get("kind") == "moving_shapes"  # drawn again: the test clips it was tested on
+    destination = ship(args.run, Path(args.into) / args.name,
+                       (lambda: from_record(record, parts=("test",))) if clips else (lambda: _load_cifar(args.data_dir)))
     print(f"wrote {destination} ({sum(p.stat().st_size for p in destination.rglob('*')) / 2**20:.1f} MB)")
 
 

@@ -83,10 +83,12 @@ class Preset(NamedTuple):
 
 def presets() -> dict[str, Preset]:
     """Every row of the keras.io tables (with the keras.io recipe), then the config and
-    recipe of every shipped checkpoint."""
+    recipe of every shipped image checkpoint (the pages train and compare on CIFAR-10)."""
     choices = {name: Preset(config, TrainConfig()) for name, config in PRESETS.items()}
     checkpoints, _ = find_checkpoints()
     for info in checkpoints:
+        if info.is_video:
+            continue
         try:
             choices[f"checkpoint {info.directory.path.name}"] = Preset(info.config, info.directory.train_config())
         except RunError:
