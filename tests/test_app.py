@@ -407,8 +407,7 @@ def test_without_data_the_pages_say_where_they_looked(tmp_path, monkeypatch):
     assert "looked in the given path" in test.warning[0].value
 
 
-@pytest.mark.parametrize("page", ["pages/home.py", "pages/train.py", "pages/compare.py", "pages/flops.py",
-                                  "pages/video.py"])
+@pytest.mark.parametrize("page", ["pages/home.py", "pages/train.py", "pages/compare.py", "pages/flops.py"])
 def test_pages_that_need_no_model_do_not_load_tensorflow(page, tmp_path, cifar_dir):
     """Home included: with the CIFAR-10 copy the checkpoints were trained on, it draws their
     stored maps (without it, it draws a drawing's, which needs the model)."""
@@ -546,7 +545,7 @@ def test_a_shipped_checkpoint_is_shown_on_home_and_attention(cifar_dir, tmp_path
     checkpoints: the real weights, drawn over the images of $TOKENLEARNER_DATA_DIR."""
     from tokenlearner.runs import find_checkpoints
 
-    checkpoints = find_checkpoints()[0]
+    checkpoints = [info for info in find_checkpoints()[0] if not info.is_video]  # those: the Video page's
     shipped = [info.name for info in checkpoints if info.config.tokenlearner != "none"]
     assert shipped, "no TokenLearner checkpoint is shipped in checkpoints/"
     without_maps = [info.name for info in checkpoints if info.config.tokenlearner == "none"]
@@ -810,3 +809,15 @@ def test_the_image_pages_leave_video_models_out(video_run):
     assert not test.exception
     test.switch_page("pages/home.py").run()
     assert not test.exception
+
+
+def test_the_video_page_opens_on_the_shipped_video_model(tmp_path, monkeypatch):
+    """No CIFAR-10 needed: the shipped video model's test clips are drawn again, and it
+    tells which shape moves."""
+    monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "no-runs"))
+    monkeypatch.delenv("TOKENLEARNER_DATA_DIR", raising=False)
+    test = video_page()
+    assert not test.exception, test.exception
+    assert test.selectbox(key="video_run").value.name == "checkpoints/video-shapes"
+    assert any("moves" in markdown.value and "✓" in markdown.value for markdown in test.markdown)
+    assert len(test.get("image")) == 2
