@@ -178,7 +178,7 @@ def in_view(page, viewport) -> None:
 
 
 # Compare and FLOPs read no CIFAR-10 (their pictures come from run records and counts): with data only.
-WITHOUT_DATA = ["", "train", "attention", "video"]
+WITHOUT_DATA = ["", "train", "attention"]
 
 
 @pytest.mark.parametrize("setting, path", [("with_data", path) for path in PAGES]

@@ -52,35 +52,57 @@ def loaded(folder):
     return RunDirectory(folder).load_model()
 
 
+def fresh_python(code: str) -> list[str]:
+    """The lines `code` prints, run in a fresh Python from the repository's root."""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().splitlines()
+
+
+def test_every_cards_load_block_runs_as_written():
+    """Each card's block in a namespace of its own, all in one fresh Python (a Python and
+    TensorFlow started once, not once a card)."""
+    check = "\nprint(probabilities.shape, sorted((name, value.shape) for name, value in maps.items()))\n"
+    code = ""
+    for folder in SHIPPED:
+        blocks = re.findall(r"```python\n(.*?)```", (folder / CARD).read_text(), flags=re.S)
+        assert len(blocks) == 1, f"{folder.name}: a card shows one way to load its model"
+        code += f"print({folder.name!r})\nexec({blocks[0] + check!r}, {{}})\n"
+    printed = fresh_python(code)
+    for folder in SHIPPED:
+        shapes = printed[printed.index(folder.name) + 1]
+        config = RunDirectory(folder).model_config()
+        assert shapes.startswith(f"(2, {config.num_classes}) ["), folder.name
+        assert (shapes.endswith("[]") if config.tokenlearner == "none" else "(2, " in shapes.split("[", 1)[1])
+
+
+def test_every_cards_predict_command_runs_as_written(tmp_path):
+    """Each card's command, its files made up (a photo, a clip of the checkpoint's own test
+    clip), through the command line's own entry point, all in one fresh Python."""
+    commands = []
+    for folder in SHIPPED:
+        command = re.search(r"`(python -m tokenlearner predict [^`]+)`", (folder / CARD).read_text())[1]
+        files = tmp_path / folder.name
+        files.mkdir()
+        Image.new("RGB", (640, 480), (90, 140, 200)).save(files / "photo.jpg")
+        if RunDirectory(folder).model_config().is_video:
+            frames = [Image.fromarray(frame).resize((96, 96)) for frame in drawn_clips(folder).test_clips[0]]
+            frames[0].save(files / "clip.gif", save_all=True, append_images=frames[1:], duration=100)
+        words = command.split()
+        assert words[:3] == ["python", "-m", "tokenlearner"]
+        commands.append([str(files / word) if word in ("photo.jpg", "clip.gif", "maps.png") else word
+                         for word in words[3:]])
+    printed = fresh_python(f"from tokenlearner.cli import main\nfor words in {commands!r}:\n"
+                           "    print('exit status', main(words))\n")
+    assert [line for line in printed if line.startswith("exit status")] == ["exit status 0"] * len(SHIPPED)
+    for folder, words in zip(SHIPPED, commands, strict=True):
+        assert ("--overlay" in words) == (tmp_path / folder.name / "maps.png").is_file(), folder.name
+
+
 @pytest.mark.parametrize("folder", SHIPPED, ids=lambda path: path.name)
 class TestShippedCheckpoint:
-    def test_the_cards_load_block_runs_as_written_in_a_fresh_python(self, folder):
-        card = (folder / CARD).read_text()
-        blocks = re.findall(r"```python\n(.*?)```", card, flags=re.S)
-        assert len(blocks) == 1, "a card shows one way to load its model"
-        check = "\nprint(probabilities.shape, sorted((name, value.shape) for name, value in maps.items()))\n"
-        result = subprocess.run([sys.executable, "-c", blocks[0] + check], cwd=REPO, capture_output=True, text=True,
-                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        shapes = result.stdout.strip().splitlines()[-1]
-        model_config = RunDirectory(folder).model_config()
-        assert shapes.startswith(f"(2, {model_config.num_classes}) [")
-        assert (shapes.endswith("[]") if model_config.tokenlearner == "none" else "(2, " in shapes.split("[", 1)[1])
-
-    def test_the_cards_predict_command_runs_as_written(self, folder, tmp_path):
-        command = re.search(r"`(python -m tokenlearner predict [^`]+)`", (folder / CARD).read_text())[1]
-        Image.new("RGB", (640, 480), (90, 140, 200)).save(tmp_path / "photo.jpg")
-        frames = [Image.fromarray(frame).resize((96, 96)) for frame in drawn_clips(folder).test_clips[0]] \
-            if RunDirectory(folder).model_config().is_video else [Image.new("RGB", (8, 8))] * 2
-        frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:], duration=100)
-        arguments = [str(tmp_path / word) if word in ("photo.jpg", "clip.gif", "maps.png") else word
-                     for word in command.split()]
-        result = subprocess.run([sys.executable, *arguments[1:]], cwd=REPO, capture_output=True, text=True,
-                                timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert ("--overlay" in command) == (tmp_path / "maps.png").is_file()
-
-    def test_is_trained_as_its_grid_entry_or_card_says(self, folder, tmp_path):
+    def test_is_trained_as_its_grid_entry_or_card_says(self, folder):
         """An image checkpoint by its entry of grids/checkpoints.json; a video checkpoint (grids
         train on CIFAR-10) by the train command its card shows, which it records."""
         run = RunDirectory(folder)
@@ -93,12 +115,7 @@ class TestShippedCheckpoint:
             assert f"```bash\npython -m tokenlearner {' '.join(command[1:])}\n```" in (folder / CARD).read_text()
             args = build_parser().parse_args(command[1:])
             assert (model_config(args), train_config(args)) == (run.model_config(), run.train_config())
-            # The card's command itself, at reduced size (the last of a repeated flag counts).
-            reduced = tokenlearner_command(*command[1:], "--out", str(tmp_path / "again"), "--epochs", "1",
-                                           "--clips", "64,16,16", "--warmup-epochs", "0")
-            assert reduced.returncode == 0, reduced.stderr[-2000:]
-            assert RunDirectory(tmp_path / "again").model_config() == run.model_config()
-            return
+            return  # the command itself runs, at reduced size, in test_ship_copies_a_video_run_...
         assert folder.name in GRID, f"{folder.name} is not a config of grids/checkpoints.json"
         expected = GRID[folder.name]
         assert run.model_config() == expected.model
@@ -204,21 +221,27 @@ def test_ship_copies_a_finished_run_with_its_card_and_refuses_what_it_cannot_shi
 
 
 @pytest.mark.slow
-def test_ship_copies_a_video_run_with_a_picture_of_its_clip(tmp_path):
-    from test_training import VIDEO_FLAGS
-
+@pytest.mark.parametrize("folder", [folder for folder in SHIPPED if RunDirectory(folder).model_config().is_video],
+                         ids=lambda path: path.name)
+def test_ship_copies_a_video_run_of_a_cards_command_with_a_picture_of_its_clip(folder, tmp_path):
+    """A shipped video checkpoint's card command, at reduced size (the last of a repeated flag
+    counts), trains a run that ships as that checkpoint was shipped."""
+    command = RunDirectory(folder).record()["command"]
     run = tmp_path / "video"
-    trained = tokenlearner_command("train", "--out", str(run), *VIDEO_FLAGS)
-    assert trained.returncode == 0, trained.stderr
+    trained = tokenlearner_command(*command[1:], "--out", str(run), "--epochs", "1", "--clips", "64,16,16",
+                                   "--warmup-epochs", "0")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    config = RunDirectory(run).model_config()
+    assert config == RunDirectory(folder).model_config()
     shipped = tokenlearner_command("ship", str(run), "--name", "tiny-video", "--into", str(tmp_path / "zoo"))
     assert shipped.returncode == 0, shipped.stderr
-    folder = tmp_path / "zoo" / "tiny-video"
-    card = (folder / CARD).read_text()
-    assert card == render_card(folder)
-    assert "over 4-frame clips, patches of 2 frames" in card and "**Trained on 96 clips of moving shapes**" in card
-    assert "np.zeros((2, 4, 32, 32, 3), np.uint8)" in card and "--image clip.gif --overlay maps.png" in card
-    with Image.open(folder / PICTURE) as picture:  # a caption, then a row per temporal slice: 2 of them
-        assert picture.height == 14 + 2 + 2 * (4 * 32) + 2
+    copy = tmp_path / "zoo" / "tiny-video"
+    card = (copy / CARD).read_text()
+    assert card == render_card(copy)
+    assert f"over {config.frames}-frame clips" in card and "**Trained on 64 clips of moving shapes**" in card
+    assert f"np.zeros((2, {config.frames}, 32, 32, 3), np.uint8)" in card and "--image clip.gif --overlay" in card
+    with Image.open(copy / PICTURE) as picture:  # a caption, then a row per temporal slice
+        assert picture.height == 14 + config.temporal_slices * (2 + 4 * 32)
 
 
 def test_ship_refuses_a_finished_run_that_was_imported_not_trained(tmp_path):

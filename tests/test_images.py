@@ -181,6 +181,10 @@ def test_bad_clips_are_refused_by_name(tmp_path):
         read_clip(INPUTS["png"], 4)
     with pytest.raises(ImageError, match="the upload has more than 5 frames of 40x40: the limit is 0 MP over all"):
         read_clip(gif_of(numbered_frames(12)), 4, max_pixels=5 * 40 * 40)
+    tiny = [Image.new("RGB", (1, 1), (index % 256, index // 256, 0)) for index in range(1001)]  # all distinct
+    with pytest.raises(ImageError, match="the upload has more than 1000 frames: use a shorter GIF"):
+        read_clip(gif_of(tiny), 4)
+    assert len(read_clip(gif_of(tiny[:1000]), 4)) == 4  # exactly the most it takes
     whole = gif_of(numbered_frames(12))
     with pytest.raises(ImageError, match="truncated or corrupt"):
         read_clip(whole[: len(whole) // 2], 4)

@@ -169,7 +169,7 @@ def _load_cifar(data_dir: str | None):
     return load_cifar10(find_data_dir(data_dir))
 
 
-def _load_data(args: argparse.Namespace, config: ModelConfig | None = None, seed: int = 0,
+def _load_data(args: argparse.Namespace, config: ModelConfig, seed: int = 0,
                parts: tuple[str, ...] = ("train", "val", "test")):
     """The data `--data` names (CIFAR-10 when it names none): CIFAR-10 from `--data-dir`,
     or the `parts` of moving-shape clips of the model's frames drawn from `seed` (on
@@ -181,13 +181,12 @@ def _load_data(args: argparse.Namespace, config: ModelConfig | None = None, seed
     from tokenlearner.moving_shapes import moving_shapes
 
     cifar = find_data_dir(args.data_dir) if args.data == "moving-shapes-on-cifar" else None
-    video = config is None or config.is_video
-    try:
-        drawn = moving_shapes(*args.clips, frames=config.frames if video else 2, seed=seed, cifar_directory=cifar,
-                              parts=parts)
+    try:  # an image model takes each clip's first frame, which is the same however many frames are drawn
+        drawn = moving_shapes(*args.clips, frames=config.frames if config.is_video else 2, seed=seed,
+                              cifar_directory=cifar, parts=parts)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    return drawn if video else drawn.first_frames()  # an image model: the single-frame baseline
+    return drawn if config.is_video else drawn.first_frames()  # the single-frame baseline
 
 
 def _clip_counts(text: str) -> tuple[int, int, int]:

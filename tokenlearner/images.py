@@ -27,6 +27,9 @@ from PIL import ExifTags, Image, UnidentifiedImageError
 FORMATS = ("PNG", "JPEG")
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_FOLDER_FRAMES = 10_000  # files a folder of frames may hold
+# Frames a GIF may hold: a GIF of millions of 1x1 frames fits in an upload and within the
+# pixel budget, but costs a decoding step each.
+MAX_GIF_FRAMES = 1_000
 # The shorter side an image is shrunk to after decoding: enough to show it and to take
 # the model's 32x32 from it.
 PREVIEW_SIDE = 256
@@ -184,6 +187,9 @@ def read_clip(source: str | os.PathLike | bytes, frames: int, size: int = 32,
         width, height = gif.size
         try:
             while True:
+                if len(decoded) == MAX_GIF_FRAMES:
+                    gif.seek(len(decoded))  # past its last frame (EOFError) if it holds no more
+                    raise ImageError(f"{name} has more than {MAX_GIF_FRAMES} frames: use a shorter GIF")
                 if (len(decoded) + 1) * width * height > max_pixels:
                     raise ImageError(f"{name} has more than {len(decoded)} frames of {width}x{height}: the limit "
                                      f"is {max_pixels / 1e6:.0f} MP over all its frames; use a shorter or "
