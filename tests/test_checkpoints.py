@@ -1,6 +1,7 @@
 """The shipped checkpoints (checkpoints/), and `ship`, which makes them from finished runs."""
 
 import functools
+import json
 import os
 import re
 import subprocess
@@ -225,14 +226,28 @@ def test_ship_copies_a_finished_run_with_its_card_and_refuses_what_it_cannot_shi
                          ids=lambda path: path.name)
 def test_ship_copies_a_video_run_of_a_cards_command_with_a_picture_of_its_clip(folder, tmp_path):
     """A shipped video checkpoint's card command, at reduced size (the last of a repeated flag
-    counts), trains a run that ships as that checkpoint was shipped."""
+    counts), trains a run on moving shapes that `evaluate` reads back and that ships as that
+    checkpoint was shipped."""
     command = RunDirectory(folder).record()["command"]
     run = tmp_path / "video"
     trained = tokenlearner_command(*command[1:], "--out", str(run), "--epochs", "1", "--clips", "64,16,16",
-                                   "--warmup-epochs", "0")
+                                   "--warmup-epochs", "0", "--batch-size", "16")
     assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "clips/s" in trained.stdout  # steps after the first are timed
     config = RunDirectory(run).model_config()
     assert config == RunDirectory(folder).model_config()
+    record = RunDirectory(run).record()["data"]
+    assert record == {"kind": "moving_shapes", "seed": 0, "frames": config.frames, "first_frame_only": False,
+                      "cifar_directory": None, "train_clips": 64, "val_clips": 16, "test_clips": 16,
+                      "class_names": RunDirectory(folder).class_names(), "train_images": 64, "val_images": 16,
+                      "test_images": 16}
+    probabilities, maps = RunDirectory(run).maps(1)
+    assert probabilities.shape == (8, 4)
+    assert maps["token_learner"].shape == (8, config.temporal_slices, config.num_tokens, 8, 8)
+    assert RunDirectory(run).map_images()["val_clip_indices"] == list(range(8))
+    evaluated = tokenlearner_command("evaluate", str(run), "--json")  # the run's own test clips, drawn again
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["test_top1"] == pytest.approx(RunDirectory(run).summary()["test_top1"])
     shipped = tokenlearner_command("ship", str(run), "--name", "tiny-video", "--into", str(tmp_path / "zoo"))
     assert shipped.returncode == 0, shipped.stderr
     copy = tmp_path / "zoo" / "tiny-video"

@@ -97,36 +97,6 @@ def test_one_epoch_writes_a_complete_run_that_evaluate_reads(small_cifar, tmp_pa
         assert first[key] == second[key], f"same seed, different {key}"
 
 
-# A small video model on small clips: 4 frames in tubelets of 2, 16 patches a slice.
-VIDEO_FLAGS = ["--data", "moving-shapes", "--clips", "96,32,24", "--frames", "4", "--tubelet-frames", "2",
-               "--num-classes", "4", "--resize-size", "32", "--image-size", "32", "--patch-size", "8", "--depth", "2",
-               "--placement", "1", "--epochs", "2", "--batch-size", "32", "--mixup-alpha", "0.2", "--seed", "3"]
-
-
-def test_a_video_model_trains_on_moving_shapes_and_evaluate_draws_its_test_clips(tmp_path):
-    result = tokenlearner_command("train", "--out", str(tmp_path / "run"), *VIDEO_FLAGS)
-    assert result.returncode == 0, result.stderr
-    assert "clips/s" in result.stdout
-    run = RunDirectory(tmp_path / "run")
-    check_every_file_parses(run)
-    record = run.record()
-    assert record["data"] == {"kind": "moving_shapes", "seed": 3, "frames": 4, "first_frame_only": False,
-                              "cifar_directory": None,
-                              "train_clips": 96, "val_clips": 32, "test_clips": 24,
-                              "class_names": ["the disc moves", "the square moves", "the triangle moves",
-                                              "the cross moves"],
-                              "train_images": 96, "val_images": 32, "test_images": 24}
-    assert run.class_names() == record["data"]["class_names"]
-    assert [epoch["epoch"] for epoch in run.epochs()] == [1, 2]
-    probabilities, maps = run.maps(2)
-    assert probabilities.shape == (8, 4) and maps["token_learner"].shape == (8, 2, 4, 4, 4)  # 2 slices of 4 tokens
-    assert run.map_images()["val_clip_indices"] == list(range(8))
-    evaluated = tokenlearner_command("evaluate", str(run.path), "--json")  # the run's own test clips, drawn again
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["test_top1"] == pytest.approx(run.summary()["test_top1"])
-    assert np.asarray(json.loads(evaluated.stdout)["test_confusion"]).sum() == 24
-
-
 def test_a_killed_run_leaves_only_complete_files(small_cifar, tmp_path):
     run = RunDirectory(tmp_path / "run")
     process = start_training(run.path, small_cifar, "--epochs", "5", "--batch-size", "16")
