@@ -14,9 +14,10 @@ from tokenlearner.ui import (as_text, data_directory, find_cifar10, linked_run, 
 page_setup()
 st.title("Attention")
 runs, problems = find_runs()
-if any(run.is_video for run in runs):
-    st.caption("Video models are on the Video page.")
-runs = [run for run in runs if run.has_model and not run.is_video]
+clips = {run.name for run in runs if run.on_clips}
+if clips:
+    st.caption("Models trained on clips of moving shapes are left out here; video models are on the Video page.")
+runs = [run for run in runs if run.has_model and run.name not in clips]
 for problem in problems:
     st.warning(problem)
 if not runs:

@@ -59,9 +59,11 @@ def grids_section(grids) -> None:
 
 
 runs, problems = find_runs()
-if any(run.is_video for run in runs):  # other data: their accuracies do not belong on one axis with these
-    st.caption("Video models, trained on clips, are on the Video page.")
-runs = [run for run in runs if not run.is_video]
+clips = {run.name for run in runs if run.on_clips}  # other data: not on one accuracy axis with CIFAR-10's
+if clips:
+    st.caption(f"{len(clips)} run(s) trained on clips of moving shapes are left out; video models are on the "
+               "Video page.")
+runs = [run for run in runs if run.name not in clips]
 grids = find_grids()
 for problem in problems:
     st.warning(problem)

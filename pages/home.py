@@ -78,7 +78,7 @@ else:
         cost = count(run.config)
         zoo.append({
             "run": run.name,
-            "input": f"{run.config.frames}-frame clips" if run.is_video else "images",
+            "input": f"{run.config.frames}-frame clips" if run.config.is_video else "images",
             "TokenLearner": run.config.tokenlearner,
             "tokens": run.config.num_tokens if run.config.tokenlearner != "none" else None,
             "depth": run.config.depth,

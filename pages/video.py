@@ -18,7 +18,7 @@ st.title("Video")
 runs, problems = find_runs()
 for problem in problems:
     st.warning(problem)
-videos = [run for run in runs if run.is_video and run.has_model]
+videos = [run for run in runs if run.config.is_video and run.has_model]
 if not videos:
     st.info("No video model yet. Train one on drawn clips of moving shapes (docs/video.md):")
     st.code(TRAIN_COMMAND, language="bash")
@@ -81,7 +81,7 @@ if clip is not None:
                       caption=f"frame {shown} of {config.frames}, then each of its {config.num_tokens} tokens' "
                               "maps (bright: pooled into that token)", width="stretch")
             dominant.image(dominant_token_image(image, slice_maps, config.covered_region()),
-                           caption="patches by their strongest token", width="stretch")
+                           caption="patches by their strongest token", width=170)
 
         for shown in (range(1, config.frames + 1) if play else [frame]):
             draw(shown)

@@ -545,7 +545,7 @@ def test_a_shipped_checkpoint_is_shown_on_home_and_attention(cifar_dir, tmp_path
     checkpoints: the real weights, drawn over the images of $TOKENLEARNER_DATA_DIR."""
     from tokenlearner.runs import find_checkpoints
 
-    checkpoints = [info for info in find_checkpoints()[0] if not info.is_video]  # those: the Video page's
+    checkpoints = [info for info in find_checkpoints()[0] if not info.on_clips]  # those: the Video page's
     shipped = [info.name for info in checkpoints if info.config.tokenlearner != "none"]
     assert shipped, "no TokenLearner checkpoint is shipped in checkpoints/"
     without_maps = [info.name for info in checkpoints if info.config.tokenlearner == "none"]
@@ -801,10 +801,18 @@ def test_without_a_video_model_the_video_page_says_how_to_train_one(explorer):
 
 
 def test_the_image_pages_leave_video_models_out(video_run):
+    """And image models trained on the clips' first frames (the single-frame baseline)."""
+    from tokenlearner import build_model
+
+    baseline = ModelConfig(num_classes=4, depth=1, placement=1)
+    run = RunDirectory(video_run.path.parent / "single-frame").create(
+        {"model": baseline.to_dict(), "data": {**video_run.record()["data"], "first_frame_only": True}})
+    run.save_model(build_model(baseline))
+    run.set_status("finished")
     test = attention_page()
     assert not test.exception
     assert test.selectbox(key="attention_run").options == ["runs/fuser-run (finished)"]
-    assert any("Video models are on the Video page" in caption.value for caption in test.caption)
+    assert any("video models are on the Video page" in caption.value for caption in test.caption)
     test.switch_page("pages/compare.py").run()
     assert not test.exception
     test.switch_page("pages/home.py").run()

@@ -142,6 +142,10 @@ def test_flops_command_counts_clips():
     every_patch = count(ModelConfig(frames=8, tokenlearner="none")).macs
     assert f"MACs per clip               {report['macs']:,}" in table
     assert f"without TokenLearner        {every_patch:,} MACs, every block over all 512 patches" in table
+    tubelets = tokenlearner_command("flops", "--frames", "8", "--tubelet-frames", "2", "--tokenlearner", "v11",
+                                    "--tokens", "8")  # as docs/video.md shows it
+    clip = ModelConfig(frames=8, tubelet_frames=2, tokenlearner="v11", num_tokens=8)
+    assert f"MACs per clip               {count(clip).macs:,}" in tubelets.stdout
     refused = tokenlearner_command("flops", "--frames", "8", "--tubelet-frames", "3")
     assert refused.returncode == 2 and "tubelet_frames=3 does not divide frames=8" in refused.stderr
 

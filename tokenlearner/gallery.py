@@ -29,7 +29,7 @@ def showcase(runs: list) -> object | None:
     """The run whose learned-token maps the home page shows: the most accurate finished
     TokenLearner image model, a shipped checkpoint before any local run."""
     candidates = [run for run in runs
-                  if run.config.tokenlearner != "none" and not run.is_video and run.summary and run.summary.get("test_top1") is not None
+                  if run.config.tokenlearner != "none" and not run.on_clips and run.summary and run.summary.get("test_top1") is not None
                   and run.summary.get("best_epoch") in run.directory.map_epochs()]
     if not candidates:
         return None

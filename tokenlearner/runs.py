@@ -240,9 +240,10 @@ class RunInfo:
     has_model: bool
 
     @property
-    def is_video(self) -> bool:
-        """A model of clips: the Video page shows it, the image pages leave it out."""
-        return self.config.is_video
+    def on_clips(self) -> bool:
+        """Trained on clips of moving shapes (a video model, or its single-frame baseline):
+        the image pages, which show CIFAR-10, leave it out."""
+        return self.directory.record().get("data", {}).get("kind") == "moving_shapes"
 
 
 def find_runs(*roots: str | os.PathLike) -> tuple[list[RunInfo], list[str]]:

@@ -176,6 +176,8 @@ def train(model_config: ModelConfig, train_config: TrainConfig, data: Cifar10 | 
         "command": sys.argv,
         "kernels": kernels,
     })
+    run.write_map_images(parts.val_index[:MAP_IMAGES].tolist(), parts.val_labels[:MAP_IMAGES].tolist(),
+                         "val_clip" if isinstance(data, MovingShapes) else "train_batch")
     run.set_status("running")
     try:
         with StopFlag(run) as stop:
@@ -206,8 +208,6 @@ def _train(model_config: ModelConfig, train_config: TrainConfig, parts: Split, t
     startup.lap("building the model")
 
     map_images = parts.val_images[:MAP_IMAGES]
-    run.write_map_images(parts.val_index[:MAP_IMAGES].tolist(), parts.val_labels[:MAP_IMAGES].tolist(),
-                         "val_clip" if model_config.is_video else "train_batch")
     run.write_maps(0, *predict_with_maps(model, map_images))
     startup.lap("the maps before training")
     steps.train_step.get_concrete_function()  # traced here, only to time it apart from its first call

@@ -87,7 +87,7 @@ def presets() -> dict[str, Preset]:
     choices = {name: Preset(config, TrainConfig()) for name, config in PRESETS.items()}
     checkpoints, _ = find_checkpoints()
     for info in checkpoints:
-        if info.is_video:
+        if info.on_clips:
             continue
         try:
             choices[f"checkpoint {info.directory.path.name}"] = Preset(info.config, info.directory.train_config())
