@@ -48,8 +48,8 @@ deep the network is; **Attention** shows what any model's tokens look at, two mo
 )
 st.subheader("The keras.io configurations")
 rows = []
-for name, preset in PRESETS.items():
-    report, published = count(preset), PUBLISHED[name]
+for name, published in PUBLISHED.items():
+    report = count(PRESETS[name])
     rows.append(
         {
             "configuration": published.description,

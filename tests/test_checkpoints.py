@@ -24,7 +24,7 @@ from tokenlearner.model import predict_with_maps
 from tokenlearner.moving_shapes import from_record
 from tokenlearner.runs import CHECKPOINTS_DIR, RunDirectory, RunError
 from tokenlearner.steps import Steps
-from tokenlearner import training
+from tokenlearner import datasets
 
 SHIPPED = sorted(path for path in CHECKPOINTS_DIR.iterdir() if path.is_dir()) if CHECKPOINTS_DIR.is_dir() else []
 GRID = {run.name: run for run in read_grid(REPO / "tokenlearner" / "grids" / "checkpoints.json")}
@@ -44,7 +44,7 @@ def drawn_clips(folder):
 def inputs_of(folder, images):
     """What the checkpoint was tested on: its drawn test clips for a video model, else `images`' test images."""
     data = drawn_clips(folder) if RunDirectory(folder).model_config().is_video else images
-    return training.test_set(data)
+    return datasets.test_set(data)
 
 
 @functools.cache

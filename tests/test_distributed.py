@@ -23,11 +23,19 @@ def _metrics(out, run):
     return summary, epochs
 
 
+# GRID with a video model on moving shapes in place of its baseline: clips are drawn on each
+# worker from the run's seed, and a grid's runs may train on different data.
+GRID_WITH_CLIPS = {**GRID, "configs": {
+    "clips": {"preset": "video-shapes", "model": {"frames": 4, "depth": 1, "placement": 1, "num_tokens": 2},
+              "data": {"name": "moving-shapes", "clips": [32, 16, 16]}},
+    "tokens": GRID["configs"]["tokens"]}}
+
+
 @pytest.mark.slow
 def test_a_grid_on_ray_gives_the_in_process_metrics_and_retries_a_run_whose_worker_was_killed(tmp_path):
     data = make_cifar_folder(tmp_path / "cifar-10-batches-py", rows_per_batch=16, test_rows=20)
     grid = tmp_path / "grid.json"
-    grid.write_text(json.dumps(GRID))
+    grid.write_text(json.dumps(GRID_WITH_CLIPS))
     in_process, on_ray = tmp_path / "in_process", tmp_path / "on_ray"
 
     local = tokenlearner_command("experiment", str(grid), "--out", str(in_process), "--data-dir", str(data))
@@ -53,7 +61,8 @@ def test_a_grid_on_ray_gives_the_in_process_metrics_and_retries_a_run_whose_work
     assert "[4/4] tokens seed 1: failed" in stdout and "training it again (attempt 2 of 3)" in stdout
     assert (on_ray / "tokens" / "seed_1.incomplete-1").is_dir(), "the killed attempt is kept aside"
 
-    for run in ("baseline/seed_0", "tokens/seed_0", "baseline/seed_1", "tokens/seed_1"):
+    assert json.loads((on_ray / "clips" / "seed_1" / "config.json").read_text())["data"]["kind"] == "moving_shapes"
+    for run in ("clips/seed_0", "tokens/seed_0", "clips/seed_1", "tokens/seed_1"):
         (ours, our_epochs), (theirs, their_epochs) = _metrics(on_ray, run), _metrics(in_process, run)
         for key in ("test_top1", "test_top5", "test_loss", "best_val_top1"):
             assert ours[key] == pytest.approx(theirs[key], abs=1e-6), (run, key)

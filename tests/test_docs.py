@@ -60,3 +60,24 @@ def test_build_kernels_reports_what_the_model_runs():
     result = tokenlearner_command("build-kernels", timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("built ") and "the model runs " in result.stdout
+
+
+def test_the_video_train_commands_shown_train_the_video_grids_two_runs():
+    """docs/video.md's and the Video page's command give the shipped video checkpoint's
+    model, recipe and clips (the `video_shapes` grid's first run, checked against the
+    checkpoint in tests/test_experiment.py, whose card command tests/test_checkpoints.py runs
+    at reduced size); docs/results.md's single-frame command gives the grid's second run."""
+    from tokenlearner.cli import _data_choice, build_parser
+    from tokenlearner.experiment import read_grid
+    from tokenlearner.flags import model_config, train_config
+
+    video, single = read_grid("video_shapes")
+    page = re.search(r'TRAIN_COMMAND = \((.*?)\)\n', (REPO / "pages" / "video.py").read_text(), re.S).group(1)
+    shown = {"docs/video.md": next(c for c in SHOWN if c.startswith("train --out runs/video ")),
+             "pages/video.py": "".join(re.findall(r'"(.*?)"', page)).removeprefix("python -m tokenlearner "),
+             "docs/results.md": next(c for c in SHOWN if c.startswith("train --out runs/single-frame "))}
+    for where, command in shown.items():
+        args = build_parser().parse_args(command.split())
+        expected = single if "single-frame" in command else video
+        assert (model_config(args), train_config(args).replace(seed=0), _data_choice(args)) == \
+            (expected.model, expected.train, expected.data), where

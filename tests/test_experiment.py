@@ -8,7 +8,7 @@ from cifar_files import make_cifar_folder
 from conftest import REPO
 
 from tokenlearner.experiment import grid_progress, pending, read_grid, results, run_grid
-from tokenlearner.presets import PRESETS
+from tokenlearner.presets import PRESETS, PUBLISHED
 
 GRID = {
     "seeds": [0, 1],
@@ -30,7 +30,7 @@ def test_the_shipped_grid_is_the_keras_io_tables():
     runs = read_grid("keras_io_tables")
     assert len(runs) == 7 * 5
     assert [run.seed for run in runs[:7]] == [0] * 7 and len({run.name for run in runs[:7]}) == 7, "seed by seed"
-    assert {run.model for run in runs} == set(PRESETS.values())
+    assert {run.model for run in runs} == {PRESETS[name] for name in PUBLISHED}
     assert all(run.train.epochs == 20 and run.train.batch_size == 256 for run in runs)
 
 
@@ -43,6 +43,11 @@ def test_the_shipped_grid_is_the_keras_io_tables():
         ({"configs": {"a": {"preset": "nope"}}}, "config 'a': unknown preset 'nope'"),
         ({"configs": {"a": {"optimizer": "sgd"}}}, "may only have"),
         ({"configs": {"a": {}}, "train": {"epoch": 3}}, "config 'a': "),
+        ({"configs": {"a": {}}, "data": {"name": "mnist"}}, "grid.json: data 'mnist' is not known"),
+        ({"configs": {"a": {"data": {"name": "moving-shapes", "clips": [1, 2]}}}},
+         "config 'a': clips=.* must be three whole numbers"),
+        ({"configs": {"a": {"preset": "video-shapes"}}}, "config 'a': CIFAR-10 holds images and the model takes clips"),
+        ({"configs": {"a": {}}, "data": {"name": "moving-shapes"}}, "config 'a': the moving shapes has 4 classes"),
     ],
 )
 def test_grid_mistakes(grid, message, tmp_path):
@@ -50,6 +55,32 @@ def test_grid_mistakes(grid, message, tmp_path):
     path.write_text(json.dumps(grid))
     with pytest.raises(ValueError, match=message):
         read_grid(path)
+
+
+def test_a_grids_data_is_shared_and_a_config_may_have_its_own(tmp_path):
+    from tokenlearner.datasets import DataChoice
+
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps({
+        "data": {"name": "moving-shapes", "clips": [40, 10, 10]},
+        "configs": {"video": {"preset": "video-shapes"},
+                    "single-frame": {"preset": "video-shapes", "model": {"frames": 1, "tubelet_frames": 1}},
+                    "cifar": {"data": {"name": "cifar10"}}}}))
+    shared = DataChoice("moving-shapes", (40, 10, 10))
+    assert [(run.name, run.data) for run in read_grid(path)] == [("video", shared), ("single-frame", shared),
+                                                                 ("cifar", DataChoice())]
+
+
+def test_the_video_grid_is_the_shipped_video_model_against_its_single_frame_baseline():
+    from tokenlearner.runs import RunDirectory
+
+    video, single = read_grid("video_shapes")
+    shipped = RunDirectory(REPO / "checkpoints" / "video-shapes")
+    record = shipped.record()["data"]
+    assert video.model == shipped.model_config() and video.train == shipped.train_config()
+    assert single.model == video.model.replace(frames=1, tubelet_frames=1) and single.train == video.train
+    assert video.data == single.data and video.data.clips == (record["train_clips"], record["val_clips"],
+                                                              record["test_clips"])
 
 
 def test_a_stopped_run_ends_the_grid_and_the_next_call_resumes_it(tmp_path):

@@ -218,6 +218,6 @@ def test_predict_command_on_a_clip(untrained_video_run, tmp_path, capsys):
     assert len(report["top5"]) == 4
     assert report["maps"] == {"token_learner": [2, 4, 8, 8]}  # 2 slices of 4 tokens
     with Image.open(out) as sheet:
-        assert sheet.size == (5 * 256 + 4 * 4, 2 * 256 + 4)  # a row per slice
+        assert sheet.size == (5 * 256 + 4 * 4 + 4 + 256, 2 * 256 + 2)  # a row per slice, then its dominant tokens
     assert main(["predict", str(untrained_video_run.path), "--image", str(tmp_path / "missing.gif")]) == 2
     assert "missing.gif cannot be opened (No such file or directory)" in capsys.readouterr().err

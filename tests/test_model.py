@@ -11,7 +11,7 @@ from tokenlearner.runs import RunDirectory, RunError
 from tokenlearner.flops import count_params
 
 VARIANTS = {
-    **PRESETS,
+    **{name: config for name, config in PRESETS.items() if not config.is_video},
     "v1-sum-pooling-at-embedding": ModelConfig(pooling="sum", placement=0),
     "v1-after-last-block": ModelConfig(placement=4, num_tokens=1),
     "v11-mlp": ModelConfig(tokenlearner="v11", v11_style="mlp", num_tokens=8),
@@ -94,6 +94,7 @@ VIDEO_VARIANTS = {
        for frames in (1, 2, 4)},
     "v1-4-frames-tubelets-of-2": VIDEO_BASES["v1"].replace(frames=4, tubelet_frames=2),
     "v11-mlp-fuser-4-frames-tubelets-of-4": VIDEO_BASES["v11-mlp-fuser"].replace(frames=4, tubelet_frames=4),
+    "video-shapes": PRESETS["video-shapes"],
 }
 
 

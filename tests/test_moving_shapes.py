@@ -8,9 +8,9 @@ from cifar_files import make_cifar_folder, write_batch
 from tokenlearner.data import TEST_BATCH, TRAIN_BATCHES
 from tokenlearner.config import ModelConfig
 from tokenlearner.data import DataError
-from tokenlearner.moving_shapes import (CLASS_NAMES, COLOURS, SHAPES, SIZE, draw_clip, draw_part, draw_test_clip,
+from tokenlearner.moving_shapes import (CLASS_NAMES, COLOURS, SHAPES, SIZE, draw_clip, draw_part, draw_clips,
                                         from_record, moving_shapes)
-from tokenlearner.training import check_data_fits
+from tokenlearner.datasets import check_data_fits
 
 
 def test_the_same_seed_draws_the_same_clips_and_each_clip_alone():
@@ -30,11 +30,14 @@ def test_the_same_seed_draws_the_same_clips_and_each_clip_alone():
     assert first.describe() == {"kind": "moving_shapes", "seed": 3, "frames": 4, "first_frame_only": False,
                                 "cifar_directory": None, "train_clips": 12, "val_clips": 5, "test_clips": 5,
                                 "class_names": list(CLASS_NAMES)}
-    clip, label = draw_test_clip(first.describe(), 4)
-    np.testing.assert_array_equal(clip, first.test_clips[4])
-    assert label == first.test_labels[4]
-    with pytest.raises(ValueError, match="test clip 5 does not exist: the run was tested on clips 0 to 4"):
-        draw_test_clip(first.describe(), 5)
+    for part, drawn in (("test", first.test_clips), ("val", first.val_clips)):
+        clips, labels = draw_clips(first.describe(), part, [4, 1])
+        np.testing.assert_array_equal(clips, drawn[[4, 1]])
+        np.testing.assert_array_equal(labels, getattr(first, f"{part}_labels")[[4, 1]])
+    with pytest.raises(ValueError, match="test clip 5 does not exist: the run drew test clips 0 to 4"):
+        draw_clips(first.describe(), "test", [5])
+    single, _ = draw_clips(first.first_frames().describe(), "val", [2])
+    np.testing.assert_array_equal(single[0], first.val_clips[2, 0])
     drawn_again = from_record(first.describe(), parts=("test",))
     np.testing.assert_array_equal(drawn_again.test_clips, first.test_clips)
     assert len(drawn_again.train_clips) == 0

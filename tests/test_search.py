@@ -36,6 +36,20 @@ def test_samples_are_valid_distinct_and_the_same_from_the_same_seed(tmp_path):
     assert read_space(_space(tmp_path, seed=4)).samples(4) != runs[:4]
 
 
+def test_a_space_of_video_models_trains_every_sample_on_its_clips(tmp_path):
+    from tokenlearner.datasets import DataChoice
+
+    clips = {"name": "moving-shapes", "clips": [60, 20, 20]}
+    space = read_space(_space(tmp_path, preset="video-shapes", data=clips,
+                              space={"model": {"frames": [4, 8], "num_tokens": [4, 8]}}))
+    assert {run.data for run in space.samples(4)} == {DataChoice("moving-shapes", (60, 20, 20))}
+    assert {run.model.frames for run in space.samples(4)} == {4, 8}
+    with pytest.raises(ValueError, match="CIFAR-10 holds images and the model takes clips of 8 frames"):
+        read_space(_space(tmp_path, preset="video-shapes"))
+    with pytest.raises(ValueError, match="data 'video' is not known"):
+        read_space(_space(tmp_path, data={"name": "video"}))
+
+
 def test_a_space_too_small_for_the_samples_says_so(tmp_path):
     space = read_space(_space(tmp_path, space={"model": {"num_tokens": [2, 4]}}))
     assert len(space.samples(2)) == 2

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.data import Cifar10
 from tokenlearner.moving_shapes import MovingShapes
-from tokenlearner.overlay import colorize, dominant_token_image, normalise, overlay_grid, stack_rows, token_colours
+from tokenlearner.overlay import clip_sheet, colorize, normalise, stack_rows, token_colours
 from tokenlearner.runs import RunDirectory, RunError
 
 CARD = "README.md"
@@ -215,20 +215,11 @@ def draw_maps(maps: np.ndarray, captions: list[str], tile: int = 64, gap: int = 
 
 
 def draw_clip_maps(clip: np.ndarray, maps: np.ndarray, config: ModelConfig, caption: str) -> Image.Image:
-    """A clip's maps, (slices, S, h, w): under the caption, a row per temporal slice, its
-    first frame and that frame under each token's map, then the dominant-token view."""
-    rows = []
-    for index, slice_maps in enumerate(maps):
-        frame = clip[index * config.tubelet_frames]
-        grid = overlay_grid(frame, slice_maps, config.covered_region(), scale=4)
-        dominant = dominant_token_image(frame, slice_maps, config.covered_region(), scale=4)
-        row = Image.new("RGB", (grid.width + 4 + dominant.width, grid.height), "white")
-        row.paste(grid, (0, 0))
-        row.paste(dominant, (grid.width + 4, 0))
-        rows.append(row)
-    title = Image.new("RGB", (rows[0].width, 14), "white")
+    """A clip's maps, (slices, S, h, w), under the caption (`overlay.clip_sheet`)."""
+    sheet = clip_sheet(clip, maps, config.tubelet_frames, config.covered_region())
+    title = Image.new("RGB", (sheet.width, 14), "white")
     ImageDraw.Draw(title).text((0, 0), caption, fill=(0, 0, 0))
-    return stack_rows([title, *rows], gap=2)
+    return stack_rows([title, sheet], gap=2)
 
 
 def write_half_precision_copy(source: Path, destination: Path) -> None:
@@ -279,7 +270,7 @@ def ship(run_dir: str | os.PathLike, destination: str | os.PathLike,
     `load_data()` and write its card. The folder appears whole or not at all."""
     from tokenlearner.model import predict_with_maps
     from tokenlearner.steps import Steps
-    from tokenlearner.training import test_set
+    from tokenlearner.datasets import test_set
 
     source, destination = check_shippable(run_dir, destination), Path(destination)
     source.load_model()  # a RunError if its model is damaged

@@ -17,6 +17,7 @@ from pathlib import Path
 from tokenlearner.benchmark import ComparisonError, benchmark, compare_with_reference
 from tokenlearner.config import ModelConfig
 from tokenlearner.data import DATA_ENV, DataError
+from tokenlearner.datasets import DATA_SETS, DEFAULT_CLIPS, DataChoice
 from tokenlearner.flags import UsageError, add_model_flags, add_train_flags, model_config, train_config
 from tokenlearner.images import ImageError
 from tokenlearner.native import BuildError
@@ -160,33 +161,18 @@ class TerminalReport:
         self.stream.flush()
 
 
-DATA_SETS = ("cifar10", "moving-shapes", "moving-shapes-on-cifar")
-
-
 def _load_cifar(data_dir: str | None):
     from tokenlearner.data import find_data_dir, load_cifar10
 
     return load_cifar10(find_data_dir(data_dir))
 
 
-def _load_data(args: argparse.Namespace, config: ModelConfig, seed: int = 0,
-               parts: tuple[str, ...] = ("train", "val", "test")):
-    """The data `--data` names (CIFAR-10 when it names none): CIFAR-10 from `--data-dir`,
-    or the `parts` of moving-shape clips of the model's frames drawn from `seed` (on
-    CIFAR-10 images from `--data-dir`); for an image model, their first frames alone."""
-    from tokenlearner.data import find_data_dir
-
-    if args.data in (None, "cifar10"):
-        return _load_cifar(args.data_dir)
-    from tokenlearner.moving_shapes import moving_shapes
-
-    cifar = find_data_dir(args.data_dir) if args.data == "moving-shapes-on-cifar" else None
-    try:  # an image model takes each clip's first frame, which is the same however many frames are drawn
-        drawn = moving_shapes(*args.clips, frames=config.frames if config.is_video else 2, seed=seed,
-                              cifar_directory=cifar, parts=parts)
+def _data_choice(args: argparse.Namespace) -> DataChoice:
+    """The `DataChoice` of `--data` and `--clips` (CIFAR-10 where `--data` names none)."""
+    try:
+        return DataChoice(args.data or "cifar10", args.clips)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    return drawn if config.is_video else drawn.first_frames()  # the single-frame baseline
 
 
 def _clip_counts(text: str) -> tuple[int, int, int]:
@@ -204,19 +190,22 @@ def _add_data_flags(parser: argparse.ArgumentParser, default_data: str | None = 
                         help="cifar10 images, or clips of moving shapes (docs/video.md), plain or on CIFAR-10 "
                              "images: a model with --frames takes the clips, an image model their first frames"
                              + ("" if default_data else "; default: what the run was trained on"))
-    parser.add_argument("--clips", type=_clip_counts, default=(4000, 1000, 1000), metavar="TRAIN,VAL,TEST",
-                        help="clips of moving shapes to draw for each part (default 4000,1000,1000)")
+    parser.add_argument("--clips", type=_clip_counts, default=DEFAULT_CLIPS, metavar="TRAIN,VAL,TEST",
+                        help="clips of moving shapes to draw for each part (default "
+                             + ",".join(map(str, DEFAULT_CLIPS)) + ")")
     parser.add_argument("--data-dir",
                         help=f"a cifar-10-batches-py folder (default: ${DATA_ENV}, then the Keras cache)")
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from tokenlearner.training import Startup, check_data_fits
+    from tokenlearner.datasets import check_data_fits
+    from tokenlearner.training import Startup
 
     startup = Startup()
-    config, recipe = model_config(args), train_config(args)
+    config, recipe, choice = model_config(args), train_config(args), _data_choice(args)
     RunDirectory(args.out).require_new()
-    data = _load_data(args, config, recipe.seed)
+    choice.check_fits(config)  # before drawing thousands of clips
+    data = choice.load(config, recipe.seed, args.data_dir)
     check_data_fits(config, data)  # before TensorFlow's seconds of importing
     startup.lap("reading the data")
     import_keras_quietly(one_thread_per_op=True)
@@ -247,9 +236,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
         data = from_record(record, parts=("test",))  # the run's own test clips
     else:
-        data = _load_data(args, config, record.get("seed", 0), parts=("test",))
+        data = _data_choice(args).load(config, record.get("seed", 0), args.data_dir, parts=("test",))
+    from tokenlearner.datasets import check_data_fits, test_set
     from tokenlearner.steps import Steps
-    from tokenlearner.training import check_data_fits, test_set
 
     check_data_fits(config, data)
     test_images, test_labels = test_set(data)
@@ -333,14 +322,13 @@ def run_predict(args: argparse.Namespace) -> None:
     top5 = [{"class": names[i], "probability": float(probabilities[0][i])} for i in ranking]
     if args.overlay:
         from tokenlearner.files import atomic_path
-        from tokenlearner.overlay import overlay_grid, stack_rows
+        from tokenlearner.overlay import clip_sheet, overlay_grid, stack_rows
 
         if not maps:
             raise UsageError(f"{args.run} has no TokenLearner, so there are no token maps to overlay")
         if config.is_video:  # a row per temporal slice, over its first frame
-            rows = [overlay_grid(picture[index * config.tubelet_frames], layer_maps[0][index],
-                                 config.covered_region())
-                    for layer_maps in maps.values() for index in range(config.temporal_slices)]
+            rows = [clip_sheet(picture, layer_maps[0], config.tubelet_frames, config.covered_region(), scale=8)
+                    for layer_maps in maps.values()]
         else:
             rows = [overlay_grid(picture, layer_maps[0], config.covered_region()) for layer_maps in maps.values()]
         sheet = stack_rows(rows)
@@ -425,16 +413,25 @@ def run_experiment(args: argparse.Namespace) -> None:
             except RayUnavailable as error:
                 raise UsageError(str(error)) from None
         else:
-            data = _load_cifar(args.data_dir)
+            if any(run.data.name != "moving-shapes" for run, _, _ in todo):
+                from tokenlearner.data import find_data_dir
+
+                find_data_dir(args.data_dir)  # a missing folder is reported before TensorFlow loads
             import_keras_quietly(one_thread_per_op=True)
             import keras
 
             from tokenlearner.training import train
 
+            loaded = {}  # the last run's data, which the next run shares where its key is the same
+
             def train_one(run, directory, label):
                 keras.backend.clear_session()
+                key = run.data.key(run.model, run.seed)
+                if key not in loaded:
+                    loaded.clear()
+                    loaded[key] = run.data.load(run.model, run.seed, args.data_dir)
                 terminal_for_run = lambda message, transient: terminal(f"{label}  {message}", transient)  # noqa: E731
-                return train(run.model, run.train, data, directory, report=terminal_for_run)["stopped"]
+                return train(run.model, run.train, loaded[key], directory, report=terminal_for_run)["stopped"]
 
             if not run_grid(todo, train_one, say):
                 return

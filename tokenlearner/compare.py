@@ -49,7 +49,8 @@ def keras_io_table(runs: list[RunInfo], published_runs: list[RunInfo] = ()) -> l
     project's published grid (`published_runs`, docs/results.md) and of `runs`, and the
     best of `runs` with any other recipe."""
     rows = []
-    for name, config in PRESETS.items():
+    for name in PUBLISHED:
+        config = PRESETS[name]
         plain, other = _split_by_recipe(runs, config)
         best = max(other, key=lambda run: run.summary["test_top1"], default=None)
         rows.append({

@@ -87,9 +87,8 @@ class _ScratchRun:
 
         os.environ[CORES_VARIABLE] = str(self.cpus)
         from tokenlearner.cli import import_keras_quietly
-        from tokenlearner.data import find_data_dir, load_cifar10
-
-        data = load_cifar10(find_data_dir(self.data_dir))  # this node's TOKENLEARNER_DATA_DIR unless given
+        # this node's TOKENLEARNER_DATA_DIR unless given
+        data = self.run.data.load(self.run.model, self.run.seed, self.data_dir)
         import_keras_quietly(one_thread_per_op=True)
         from tokenlearner.training import train
 

@@ -9,6 +9,10 @@ A grid file is JSON:
                               "model": {"placement": 2},  # overrides of the preset
                               "train": {"label_smoothing": 0.1}}}}
 
+A grid trains on CIFAR-10 unless it says otherwise: `"data": {"name": "moving-shapes",
+"clips": [4000, 1000, 1000]}` (see `datasets.DataChoice`), for every config at the top
+level or for one config in its entry; clips are drawn from each run's seed.
+
 Runs go seed by seed (every config's seed 0, then every config's seed 1, ...), so a grid
 stopped part-way already has a row for each config. Run `name` with seed `s` goes to
 OUT/name/seed_s. A run already finished there is skipped; an unfinished one (killed,
@@ -25,6 +29,7 @@ from typing import Callable
 from tokenlearner import processes
 from tokenlearner.compare import mean_std, plus_minus, to_csv
 from tokenlearner.config import ModelConfig, TrainConfig
+from tokenlearner.datasets import DataChoice
 from tokenlearner.files import atomic_path, read_json, write_json, write_text
 from tokenlearner.flops import count
 from tokenlearner.presets import DEFAULT_PRESET, PUBLISHED, preset
@@ -41,6 +46,7 @@ class GridRun:
     model: ModelConfig
     train: TrainConfig
     preset: str
+    data: DataChoice = DataChoice()
 
 
 def read_grid(path: str | os.PathLike) -> list[GridRun]:
@@ -53,21 +59,27 @@ def read_grid(path: str | os.PathLike) -> list[GridRun]:
         hint = (": that is a search space; add --engine ray --search asha --samples N"
                 if isinstance(grid, dict) and "space" in grid else "")
         raise ValueError(f"{path}: a grid is a JSON object with a non-empty \"configs\" object{hint}")
-    unknown = set(grid) - {"description", "seeds", "train", "configs"}
+    unknown = set(grid) - {"description", "seeds", "train", "data", "configs"}
     if unknown:
         raise ValueError(f"{path}: unknown grid key(s) {', '.join(sorted(unknown))}")
     seeds = grid.get("seeds", [0])
+    try:
+        default_data = DataChoice.from_dict(grid["data"]) if "data" in grid else DataChoice()
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ValueError(f"{path}: \"seeds\" must be a non-empty list of integers")
     runs = []
     for name, entry in grid["configs"].items():
-        if not isinstance(entry, dict) or set(entry) - {"preset", "model", "train"}:
-            raise ValueError(f"{path}: config {name!r} may only have \"preset\", \"model\" and \"train\"")
+        if not isinstance(entry, dict) or set(entry) - {"preset", "model", "train", "data"}:
+            raise ValueError(f"{path}: config {name!r} may only have \"preset\", \"model\", \"train\" and \"data\"")
         try:
             preset_name = entry.get("preset", DEFAULT_PRESET)
             model = preset(preset_name).replace(**entry.get("model", {}))
             base = {**grid.get("train", {}), **entry.get("train", {})}
-            runs += [GridRun(name, seed, model, TrainConfig(**{**base, "seed": seed}), preset_name)
+            data = DataChoice.from_dict(entry["data"]) if "data" in entry else default_data
+            data.check_fits(model)
+            runs += [GridRun(name, seed, model, TrainConfig(**{**base, "seed": seed}), preset_name, data)
                      for seed in seeds]
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: config {name!r}: {error}") from None

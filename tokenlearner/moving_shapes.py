@@ -186,16 +186,20 @@ def from_record(record: dict, parts: tuple[str, ...] = PARTS) -> MovingShapes:
     return drawn.first_frames() if record.get("first_frame_only") else drawn
 
 
-def draw_test_clip(record: dict, index: int) -> tuple[np.ndarray, int]:
-    """Test clip `index` of the clips a run's `data` record describes, drawn alone, and its
-    label; an index outside the part raises a ValueError."""
-    if not 0 <= index < record["test_clips"]:
-        raise ValueError(f"test clip {index} does not exist: the run was tested on clips 0 to "
-                         f"{record['test_clips'] - 1}")
+def draw_clips(record: dict, part: str, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Clips `indices` of `part` of the clips a run's `data` record describes, each drawn
+    alone (first frames, where the run took those), and their labels; an index outside the
+    part raises a ValueError."""
+    for index in indices:
+        if not 0 <= index < record[f"{part}_clips"]:
+            raise ValueError(f"{part} clip {index} does not exist: the run drew {part} clips 0 to "
+                             f"{record[f'{part}_clips'] - 1}")
     backgrounds = None
     if record["cifar_directory"]:
         from tokenlearner.data import load_cifar10
 
-        backgrounds = load_cifar10(record["cifar_directory"], train_images=False).test_images
-    clip, label, _ = draw_clip(record["seed"], "test", index, record["frames"], backgrounds)
-    return (clip[0] if record.get("first_frame_only") else clip), label
+        cifar = load_cifar10(record["cifar_directory"], train_images=part != "test")
+        backgrounds = cifar.test_images if part == "test" else cifar.train_images
+    drawn = [draw_clip(record["seed"], part, index, record["frames"], backgrounds)[:2] for index in indices]
+    clips = np.stack([clip[0] if record.get("first_frame_only") else clip for clip, _ in drawn])
+    return clips, np.array([label for _, label in drawn], dtype=np.int32)

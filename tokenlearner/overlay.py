@@ -104,3 +104,19 @@ def token_colours(count: int) -> np.ndarray:
     hues = np.linspace(0, 1, count, endpoint=False)
     colours = [Image.new("HSV", (1, 1), (int(h * 255), 200, 255)).convert("RGB").getpixel((0, 0)) for h in hues]
     return np.asarray(colours, dtype=np.uint8)
+
+
+def clip_sheet(clip: np.ndarray, maps: np.ndarray, tubelet_frames: int, region: tuple[float, float, float, float],
+               scale: int = 4) -> Image.Image:
+    """A clip's maps, (slices, S, h, w): a row per temporal slice, its first frame and that
+    frame under each token's map, then the dominant-token view."""
+    rows = []
+    for index, slice_maps in enumerate(maps):
+        frame = clip[index * tubelet_frames]
+        grid = overlay_grid(frame, slice_maps, region, scale=scale)
+        dominant = dominant_token_image(frame, slice_maps, region, scale=scale)
+        row = Image.new("RGB", (grid.width + 4 + dominant.width, grid.height), "white")
+        row.paste(grid, (0, 0))
+        row.paste(dominant, (grid.width + 4, 0))
+        rows.append(row)
+    return stack_rows(rows, gap=2)

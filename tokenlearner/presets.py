@@ -1,4 +1,5 @@
-"""Named configurations: the rows of the keras.io example's results tables.
+"""Named configurations: the rows of the keras.io example's results tables, and the
+video model of `checkpoints/video-shapes` (docs/video.md).
 
 `PUBLISHED` holds what the example's authors report for each row (CIFAR-10, 20 epochs,
 top-1 averaged over 5 runs for the v1.0 table, one run for v1.1), so the project's own
@@ -30,6 +31,9 @@ PRESETS: dict[str, ModelConfig] = {
     "keras-io-v11-4-groups-4-tokens": _KERAS_IO.replace(tokenlearner="v11", v11_groups=4, num_tokens=4),
     "keras-io-v11-8-groups-8-tokens": _KERAS_IO.replace(tokenlearner="v11", v11_groups=8, num_tokens=8),
     "keras-io-v11-4-groups-8-tokens": _KERAS_IO.replace(tokenlearner="v11", v11_groups=4, num_tokens=8),
+    # 8-frame clips of moving shapes (32x32, 4 classes) in tubelets of 2 frames, 4-pixel patches
+    "video-shapes": _KERAS_IO.replace(frames=8, tubelet_frames=2, resize_size=32, image_size=32, patch_size=4,
+                                      num_classes=4, tokenlearner="v11", num_tokens=8, placement=1),
 }
 
 # The keras.io example's own model: what a config starts from when no preset is named.

@@ -8,6 +8,7 @@ A search-space file is JSON:
      "preset": "keras-io-4-tokens",                  # what every sample starts from
      "seed": 0,                                      # draws the samples; every sample trains with it
      "train": {"epochs": 20},                        # training flags shared by every sample
+     "data": {"name": "cifar10"},                    # optional, as in a grid (datasets.DataChoice)
      "space": {"model": {"num_tokens": [4, 8, 16]},  # a list: one of its values
                "train": {"learning_rate": {"log_uniform": [0.0003, 0.003]}}},  # or a range
      "asha": {"grace_epochs": 2, "reduction_factor": 3}}
@@ -37,6 +38,7 @@ import numpy as np
 
 from tokenlearner.compare import pareto_front, to_csv
 from tokenlearner.config import ModelConfig, TrainConfig
+from tokenlearner.datasets import DataChoice
 from tokenlearner.experiment import BUILT_IN, PLAN_FILE, GridRun, finish_axes, new_figure, save_figure
 from tokenlearner.files import read_json, write_text
 from tokenlearner.flops import count
@@ -58,6 +60,7 @@ class SearchSpace:
     space: dict  # {"model": {knob: values or range}, "train": {...}}
     grace_epochs: int = 1
     reduction_factor: int = 2
+    data: DataChoice = DataChoice()
 
     @property
     def epochs(self) -> int:
@@ -79,6 +82,7 @@ class SearchSpace:
                          for part in ("model", "train")}
                 try:
                     model, train = base_model.replace(**drawn["model"]), base_train.replace(**drawn["train"])
+                    self.data.check_fits(model)
                 except ValueError:
                     continue  # a combination the model does not take (placement beyond depth, say)
                 if (model, train) not in seen:
@@ -87,7 +91,8 @@ class SearchSpace:
                 raise ValueError(f"the space holds fewer than {number} distinct valid configs "
                                  f"({len(runs)} found): widen it or ask for fewer samples")
             seen.add((model, train))
-            runs.append(GridRun(f"sample-{len(runs) + 1:0{width}d}", self.seed, model, train, self.preset))
+            runs.append(GridRun(f"sample-{len(runs) + 1:0{width}d}", self.seed, model, train, self.preset,
+                                self.data))
         return runs
 
     def plan(self, samples: int) -> dict:
@@ -114,7 +119,7 @@ def read_space(path: str | os.PathLike) -> SearchSpace:
     if not isinstance(spec, dict) or not isinstance(spec.get("space"), dict) or not spec["space"]:
         hint = ": that is a grid; leave out --search" if isinstance(spec, dict) and "configs" in spec else ""
         raise ValueError(f"{path}: a search space is a JSON object with a non-empty \"space\" object{hint}")
-    unknown = set(spec) - {"description", "preset", "seed", "train", "space", "asha"}
+    unknown = set(spec) - {"description", "preset", "seed", "train", "data", "space", "asha"}
     if unknown:
         raise ValueError(f"{path}: unknown search key(s) {', '.join(sorted(unknown))}")
     if set(spec["space"]) - {"model", "train"}:
@@ -139,8 +144,9 @@ def read_space(path: str | os.PathLike) -> SearchSpace:
         raise ValueError(f"{path}: \"seed\" must be a non-negative integer")
     try:
         space = SearchSpace(str(spec.get("description", "")), spec.get("preset", DEFAULT_PRESET), seed,
-                            dict(spec.get("train", {})), spec["space"], **asha)
-        preset(space.preset)
+                            dict(spec.get("train", {})), spec["space"], **asha,
+                            data=DataChoice.from_dict(spec["data"]) if "data" in spec else DataChoice())
+        space.data.check_fits(preset(space.preset))
         epochs = TrainConfig(**space.train).epochs
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: {error}") from None

@@ -21,9 +21,9 @@ import numpy as np
 
 from tokenlearner import native
 from tokenlearner.config import ModelConfig, TrainConfig
-from tokenlearner.data import Cifar10, DataError, Split, split
+from tokenlearner.data import Cifar10, Split, split
+from tokenlearner.datasets import check_data_fits, test_set
 from tokenlearner.flops import count
-from tokenlearner.moving_shapes import SIZE as CLIP_SIZE
 from tokenlearner.moving_shapes import MovingShapes
 from tokenlearner.runs import RunDirectory
 from tokenlearner.steps import Steps
@@ -96,28 +96,6 @@ class Startup:
         self.last = now
 
 
-def check_data_fits(model_config: ModelConfig, data: Cifar10 | MovingShapes) -> None:
-    """A DataError unless `data` has the image size, the frames and the classes `model_config` takes."""
-    if isinstance(data, MovingShapes):
-        where, size = "the moving shapes", CLIP_SIZE
-        if model_config.frames != data.model_frames:
-            holds = "single frames" if data.first_frame_only else f"clips of {data.frames} frames"
-            takes = f"{model_config.frames}-frame clips" if model_config.is_video else "images"
-            raise DataError(f"the moving shapes are {holds} and the model takes {takes}: "
-                            f"set --frames {data.model_frames}")
-    else:
-        where, size = str(data.directory), data.test_images.shape[1]
-        if model_config.is_video:
-            raise DataError(f"{where} holds CIFAR-10 images and the model takes clips of {model_config.frames} "
-                            "frames: train it on clips (--data moving-shapes), or set --frames 1")
-    if size != model_config.input_size:
-        raise DataError(f"{where} holds {size}x{size} images and the model takes {model_config.input_size}"
-                        f"x{model_config.input_size} ones: set --input-size {size}")
-    if len(data.class_names) != model_config.num_classes:
-        raise DataError(f"{where} has {len(data.class_names)} classes and the model "
-                        f"{model_config.num_classes}: set --num-classes {len(data.class_names)}")
-
-
 def training_parts(data: Cifar10 | MovingShapes, recipe: TrainConfig) -> tuple[Split, np.ndarray, np.ndarray]:
     """The training and validation parts and the test images and labels that `recipe` asks
     for: CIFAR-10's training batches split with its seed, or the clips' own three parts;
@@ -131,13 +109,6 @@ def training_parts(data: Cifar10 | MovingShapes, recipe: TrainConfig) -> tuple[S
     parts = Split(data.train_clips[train], data.train_labels[train], data.val_clips[val], data.val_labels[val],
                   train, val)
     return parts, test_images[:eval_limit], test_labels[:eval_limit]
-
-
-def test_set(data: Cifar10 | MovingShapes) -> tuple[np.ndarray, np.ndarray]:
-    """The test images (or clips) and their labels."""
-    if isinstance(data, MovingShapes):
-        return data.test_clips, data.test_labels
-    return data.test_images, data.test_labels
 
 
 def _data_record(data: Cifar10 | MovingShapes, parts: Split, test_labels: np.ndarray) -> dict:
