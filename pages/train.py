@@ -7,10 +7,12 @@ from tokenlearner.flops import count
 from tokenlearner.jobs import (JobError, active_job, job_log, last_job, may_stop, recipe_beyond_controls,
                                recipe_from_controls, start_job, stop_job)
 from tokenlearner.limits import Limits
-from tokenlearner.overlay import overlay_grid
+from tokenlearner.datasets import DEFAULT_CLIPS, DataChoice
+from tokenlearner.moving_shapes import MAX_CLIPS
+from tokenlearner.overlay import clip_sheet, overlay_grid
 from tokenlearner.runs import runs_root
-from tokenlearner.ui import (as_text, data_directory, find_cifar10, main_picture, model_controls, page_setup,
-                             preset_picker, run_fixed_images)
+from tokenlearner.ui import (as_text, clip_controls, data_directory, find_cifar10, forget_controls, main_picture,
+                             model_controls, page_setup, preset_picker, run_fixed_images)
 
 page_setup()
 st.title("Train")
@@ -18,9 +20,8 @@ root = runs_root()
 STARTING = "Starting: loading TensorFlow and the data, then compiling the training step..."
 
 
-@st.fragment(run_every=1.0)
 def live_job():
-    """Progress, curves and the latest token maps of the current (or last) job, refreshed every second."""
+    """Progress, curves and the latest token maps of the current (or last) job."""
     running = active_job(root)
     run = running or last_job(root)
     if run is None:
@@ -69,22 +70,34 @@ def live_job():
         for column, metric in zip(columns, ("loss", "top1", "top5"), strict=True):
             column.plotly_chart(training_curves_figure(epochs, metric), key=f"train_curve_{metric}")
     map_epochs = run.map_epochs()
-    if map_epochs and data_dir is not None:
+    if map_epochs:
         _, maps = run.maps(map_epochs[-1])
         originals = run_fixed_images(run, data_dir)
         if maps and originals is not None:
             config = run.model_config()
             first = maps[config.layer_names("token_learner")[0]]
-            st.caption(f"token maps of fixed validation images after epoch {map_epochs[-1]}")
-            for position in range(min(3, len(first))):
-                st.image(overlay_grid(originals[position], first[position], config.covered_region(), scale=4),
+            if config.is_video:  # one clip, a row per temporal slice
+                st.caption(f"token maps of a fixed validation clip after epoch {map_epochs[-1]}, a row per "
+                           f"{config.tubelet_frames}-frame slice over its first frame")
+                st.image(clip_sheet(originals[0], first[0], config.tubelet_frames, config.covered_region()),
                          width="stretch")
+            else:
+                st.caption(f"token maps of fixed validation images after epoch {map_epochs[-1]}")
+                for position in range(min(3, len(first))):
+                    st.image(overlay_grid(originals[position], first[position], config.covered_region(), scale=4),
+                             width="stretch")
 
 
 data_dir, _ = find_cifar10()
+DATA = {"cifar10": "CIFAR-10 images", "moving-shapes": "clips of moving shapes (video)"}
 with st.sidebar:
-    preset = preset_picker("train")
+    data_name = st.radio("train on", list(DATA), format_func=DATA.get, key="train_data", on_change=forget_controls,
+                         args=("train", ("train_data", "train_name")))
+    on_clips = data_name != "cifar10"
+    preset = preset_picker("train", on_clips)
     config = model_controls("train", preset.model, linked=True)
+    if on_clips:
+        config = clip_controls("train", config)
     st.divider()
     limits, base = Limits.current(), preset.recipe
     epochs = st.slider("epochs", 1, limits.max_epochs, min(base.epochs, limits.max_epochs), key="train_epochs")
@@ -92,7 +105,19 @@ with st.sidebar:
     learning_rate = st.select_slider("learning rate", [1e-4, 3e-4, 1e-3, 3e-3], base.learning_rate,
                                      key="train_lr")
     seed = st.number_input("seed", 0, 1_000_000, base.seed, key="train_seed")
-    if limits.max_train_images:
+    data, limit = DataChoice(), base.limit
+    if on_clips:  # every clip is drawn from the seed, so the clips' count is the control, not a limit on them
+        most = limits.max_train_images // config.frames if limits.max_train_images else MAX_CLIPS
+        if st.session_state.get("train_clips", 0) > most:  # fewer clips fit once the frames go up
+            st.session_state["train_clips"] = most
+        clips = st.number_input("training clips", 10, most, min(DEFAULT_CLIPS[0], most), step=10,
+                                key="train_clips")
+        data, limit = DataChoice(data_name, (int(clips), *DEFAULT_CLIPS[1:])), 0
+        if limits.max_train_images:
+            st.caption(f"This public demo trains at most {limits.max_epochs} epochs on {limits.max_train_images:,} "
+                       f"images, a clip of {config.frames} frames counting as {config.frames}, and validates and "
+                       f"tests on {max(1, limits.max_eval_images // config.frames):,} clips.")
+    elif limits.max_train_images:
         limit = st.number_input("training images", 100, limits.max_train_images, limits.max_train_images,
                                 step=100, key="train_limit")
         st.caption(f"This public demo trains at most {limits.max_epochs} epochs on {limits.max_train_images:,} "
@@ -106,26 +131,38 @@ with st.sidebar:
         st.caption("From the preset, too: " + ", ".join(f"{name} {value}" for name, value in carried.items()))
     st.session_state.setdefault("train_name", time.strftime("run-%Y%m%d-%H%M%S"))
     name = st.text_input("run name", key="train_name")
-    start = st.button("Start training", type="primary", disabled=data_dir is None, key="train_start")
-    if data_dir is None:
+    needs_cifar = data.name != "moving-shapes"
+    start = st.button("Start training", type="primary", disabled=needs_cifar and data_dir is None, key="train_start")
+    if needs_cifar and data_dir is None:
         data_directory("train")  # training needs CIFAR-10: why not, a folder field and the download
 
 if start:
     try:
-        st.session_state["train_job_owner"] = start_job(config, recipe, root, name.strip(), data_dir).owner
+        st.session_state["train_job_owner"] = start_job(config, recipe, root, name.strip(), data_dir,
+                                                        data=data).owner
     except JobError as error:
         st.error(as_text(str(error)))
     else:
         st.rerun()
+@st.fragment(run_every=1.0)
+def running_job():
+    """`live_job`, redrawn every second while the job runs; once it has ended, the whole page
+    again, which stops the refresh (an idle page keeps neither the server nor a browser busy)."""
+    if active_job(root) is None:
+        st.rerun()
+    live_job()
+
+
 running = active_job(root)
 with main_picture():
     if running is not None:  # its curves and latest maps take the diagram's place
-        live_job()
+        running_job()
     else:
         st.plotly_chart(model_diagram_figure(config), key="train_diagram")
         cost = count(config)
+        unit = f"clip of {config.frames} frames" if config.is_video else "image"
         st.caption(f"The model the controls describe: {cost.params:,} parameters, {cost.macs / 1e6:.2f} M MACs, "
-                   f"{cost.keras_io_gflops:.5f} keras.io GFLOPs per image. Change it in the sidebar; Start "
+                   f"{cost.keras_io_gflops:.5f} keras.io GFLOPs per {unit}. Change it in the sidebar; Start "
                    "trains it.")
 if running is None:
     live_job()  # the last job's outcome, if any

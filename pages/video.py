@@ -5,13 +5,13 @@ import streamlit as st
 from tokenlearner.charts import top5_figure
 from tokenlearner.flops import count, without_tokenlearner
 from tokenlearner.images import ImageError, read_clip
-from tokenlearner.overlay import COLORMAPS, dominant_token_image, enlarge, overlay_grid
+from tokenlearner.overlay import COLORMAPS, clip_sheet, dominant_token_image, enlarge, overlay_grid
 from tokenlearner.runs import RunError, find_runs
-from tokenlearner.ui import as_text, drawn_test_clip, load_run_model, main_picture, page_setup
+from tokenlearner.ui import as_text, drawn_clips, load_run_model, main_picture, page_setup, run_fixed_images
 
-TRAIN_COMMAND = ("python -m tokenlearner train --out runs/video --data moving-shapes --frames 8 --num-classes 4 "
-                 "--resize-size 32 --image-size 32 --patch-size 8 --tubelet-frames 2 --tokenlearner v11 --tokens 8 "
-                 "--placement 1 --batch-size 64")
+TRAIN_COMMAND = ("python -m tokenlearner train --out runs/video --data moving-shapes --clips 6000,1000,1000 "
+                 "--preset video-shapes --epochs 8 --batch-size 64 --learning-rate 3e-4 --warmup-epochs 1 "
+                 "--schedule cosine")
 
 page_setup()
 st.title("Video")
@@ -20,13 +20,15 @@ for problem in problems:
     st.warning(problem)
 videos = [run for run in runs if run.config.is_video and run.has_model]
 if not videos:
-    st.info("No video model yet. Train one on drawn clips of moving shapes (docs/video.md):")
+    st.info("No video model yet. Train one on drawn clips of moving shapes on the Train page, or with "
+            "(docs/video.md):")
     st.code(TRAIN_COMMAND, language="bash")
     st.stop()
 
 sidebar = st.sidebar
 choice = sidebar.selectbox("model", videos, format_func=lambda run: f"{run.name} ({run.state})", key="video_run")
 config, record = choice.config, choice.directory.record().get("data", {})
+learners = config.layer_names("token_learner")
 try:
     model = load_run_model(str(choice.directory.model_file), choice.directory.model_file.stat().st_mtime)
 except RunError as error:
@@ -49,7 +51,8 @@ if source == "my own GIF":
 else:
     index = sidebar.number_input("test clip", 0, record["test_clips"] - 1, 0, key="video_clip")
     try:
-        clip, label = drawn_test_clip(record, int(index))
+        clips, labels = drawn_clips(record, "test", (int(index),))
+        clip, label = clips[0], int(labels[0])
     except ValueError as error:  # a CIFAR-10 folder the run drew on that is gone (a DataError)
         st.error(str(error))
 
@@ -63,7 +66,6 @@ if clip is not None:
     probabilities, maps = predict_with_maps(model, clip[None])
     top = int(probabilities[0].argmax())
     verdict = "" if label is None else (" ✓" if top == label else f" ✗ ({class_names[label]})")
-    learners = config.layer_names("token_learner")
     with main_picture():
         st.markdown(f"{as_text(choice.name)}: **{class_names[top]}** ({100 * probabilities[0][top]:.0f}%){verdict}")
         frame = st.slider("frame", 1, config.frames, 1, key="video_frame")
@@ -93,6 +95,22 @@ if clip is not None:
         st.caption(f"Each patch spans {config.tubelet_frames} frames (a tubelet): frames "
                    f"{config.tubelet_frames} at a time share their tokens' maps.")
     st.plotly_chart(top5_figure(probabilities[0], class_names), key="video_top5")
+
+epochs = choice.directory.map_epochs()
+fixed = run_fixed_images(choice.directory, None) if len(epochs) > 1 and learners else None
+if fixed is not None and fixed.ndim == 5:  # a video model's fixed validation clips
+    st.subheader("How the maps formed during training")
+    epoch = st.select_slider("after epoch", epochs, value=epochs[-1], key="video_epoch")
+    play_epochs = st.button("Play from epoch 0", key="video_play_epochs")
+    sheet = st.empty()
+    for shown_epoch in (epochs if play_epochs else [epoch]):
+        epoch_maps = choice.directory.maps(shown_epoch)[1][learners[0]]
+        sheet.image(clip_sheet(fixed[0], epoch_maps[0], config.tubelet_frames, config.covered_region()),
+                    caption=f"a fixed validation clip after epoch {shown_epoch}: a row per "
+                            f"{config.tubelet_frames}-frame slice, its first frame, each token's map and the "
+                            "dominant-token view", width="stretch")
+        if play_epochs:
+            time.sleep(0.4)
 
 st.subheader("What learning tokens per frame saves")
 learned, every_patch = count(config), count(without_tokenlearner(config))

@@ -9,6 +9,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tokenlearner.config import ModelConfig
+from tokenlearner.data import DataError
+from tokenlearner.presets import preset
 from tokenlearner.flops import count
 from tokenlearner.runs import RunDirectory
 
@@ -286,6 +288,55 @@ def test_train_page_shows_why_a_job_ended_before_it_began_training(tmp_path, mon
         [message.value for message in test.error]
     assert any("data_batch_2 is truncated" in block.value for block in test.code), "the job's log, shown as typed"
     assert test.button(key="train_start").disabled, "the page offers no start on a folder it cannot read"
+
+
+def nowhere(*args, **options):
+    raise DataError("no CIFAR-10 folder here")
+
+
+def test_train_page_starts_a_video_job_on_drawn_clips_and_shows_a_clips_maps(tmp_path, monkeypatch):
+    """No CIFAR-10 is needed for clips of moving shapes. The job's process is stood in for:
+    `train` on clips is tested on its own; here, what the page asks for and how it shows the
+    run the job writes."""
+    import subprocess
+
+    from tokenlearner import build_model, jobs
+    from tokenlearner.model import predict_with_maps
+    from tokenlearner.moving_shapes import moving_shapes
+
+    monkeypatch.setenv("TOKENLEARNER_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("TOKENLEARNER_DATA_DIR", raising=False)
+    monkeypatch.setattr("tokenlearner.data.find_data_dir", nowhere)
+    commands, real_popen = [], subprocess.Popen
+    monkeypatch.setattr(jobs.subprocess, "Popen", lambda command, **options: commands.append(command)
+                        or real_popen(["true"]))
+    test = app().run()
+    test.switch_page("pages/train.py").run()
+    test.radio(key="train_data").set_value("moving-shapes").run()
+    assert not test.exception, test.exception
+    assert test.selectbox(key="train_preset").value == "checkpoint video-shapes", "the shipped recipe"
+    test.select_slider(key="train_frames").set_value(4).run()
+    test.radio(key="train_tubelet").set_value(2).run()
+    test.number_input(key="train_clips").set_value(30).run()
+    test.text_input(key="train_name").set_value("clips").run()
+    assert not test.button(key="train_start").disabled
+    test.button(key="train_start").click().run()
+    assert not test.exception and not test.error, test.error
+    command = commands[0]
+    assert command[command.index("--data") + 1] == "moving-shapes" and command[command.index("--clips") + 1] == \
+        "30,1000,1000"
+    assert command[command.index("--frames") + 1] == "4" and command[command.index("--tubelet-frames") + 1] == "2"
+
+    config = preset("video-shapes").replace(frames=4)
+    drawn = moving_shapes(30, 4, 2, frames=4, seed=0)
+    run = RunDirectory(tmp_path / "runs" / "clips").create({"model": config.to_dict(), "data": drawn.describe()})
+    run.write_map_images([0, 1], drawn.val_labels[:2].tolist(), "val_clip")
+    run.write_maps(1, *predict_with_maps(build_model(config), drawn.val_clips[:2]))
+    run.set_status("finished")
+    test.run()
+    assert not test.exception, test.exception
+    assert any("a fixed validation clip after epoch 1" in caption.value for caption in test.caption)
+    assert len(test.get("image")) == 1, "one clip: a row per slice, drawn again from the run's record"
 
 
 def test_home_lists_finished_runs_in_the_zoo(explorer):
@@ -747,7 +798,7 @@ def video_run(explorer):
     from tokenlearner import build_model
     from tokenlearner.moving_shapes import moving_shapes
 
-    record = moving_shapes(2, 2, 6, frames=4, seed=1, parts=("test",)).describe()
+    record = moving_shapes(2, 2, 6, frames=4, seed=1).describe()
     run = RunDirectory(explorer.path.parent / "video-run").create({"model": VIDEO_CONFIG.to_dict(), "data": record})
     run.save_model(build_model(VIDEO_CONFIG))
     run.set_status("finished")
@@ -780,6 +831,26 @@ def test_video_page_plays_a_clip_with_every_tokens_maps(video_run):
     assert list(costs["tokens each block attends over"]) == ["32, 8", "32, 32"]
 
 
+def test_video_page_replays_how_a_fixed_clips_maps_formed(video_run):
+    from tokenlearner import build_model
+    from tokenlearner.model import predict_with_maps
+    from tokenlearner.moving_shapes import from_record
+
+    val = from_record(video_run.record()["data"], parts=("val",))
+    video_run.write_map_images([0, 1], val.val_labels.tolist(), "val_clip")
+    for epoch in (0, 1):
+        video_run.write_maps(epoch, *predict_with_maps(build_model(VIDEO_CONFIG), val.val_clips))
+    test = video_page()
+    assert not test.exception, test.exception
+    assert "How the maps formed during training" in [header.value for header in test.subheader]
+    assert len(test.get("image")) == 3  # the clip's frame, its dominant-token view, the epoch's sheet
+    test.select_slider(key="video_epoch").set_value(0).run()
+    test.button(key="video_play_epochs").click().run()
+    assert not test.exception, test.exception
+    captions = [caption for image in test.get("image") for caption in image.captions]
+    assert any("a fixed validation clip after epoch 1" in caption for caption in captions)
+
+
 def test_video_page_takes_a_gif_and_refuses_a_short_one(video_run):
     from test_images import gif_of, numbered_frames
 
@@ -797,7 +868,7 @@ def test_without_a_video_model_the_video_page_says_how_to_train_one(explorer):
     test = video_page()
     assert not test.exception
     assert "No video model yet" in test.info[0].value
-    assert "--data moving-shapes --frames 8" in test.code[0].value
+    assert "--data moving-shapes --clips 6000,1000,1000 --preset video-shapes" in test.code[0].value
 
 
 def test_the_image_pages_leave_video_models_out(video_run):
@@ -828,4 +899,4 @@ def test_the_video_page_opens_on_the_shipped_video_model(tmp_path, monkeypatch):
     assert not test.exception, test.exception
     assert test.selectbox(key="video_run").value.name == "checkpoints/video-shapes"
     assert any("moves" in markdown.value and "✓" in markdown.value for markdown in test.markdown)
-    assert len(test.get("image")) == 2
+    assert len(test.get("image")) == 3, "the clip, its dominant-token view and its epochs' maps (shipped with it)"

@@ -17,6 +17,8 @@ from PIL import Image
 
 from tokenlearner import jobs, native, processes
 from tokenlearner.config import ModelConfig, TrainConfig
+from tokenlearner.datasets import DataChoice
+from tokenlearner.presets import preset
 from tokenlearner.data import DataError, datasets_dir, find_data_dir, read_batch
 from tokenlearner.files import (
     atomic_path,
@@ -174,6 +176,40 @@ def test_a_demo_caps_the_validation_and_test_passes(tmp_path, fake_training, pro
     start_job(ModelConfig(), TrainConfig(epochs=5, limit=2000), tmp_path / "runs", "job", provisioned, DEMO)
     command = fake_training[0]
     assert command[command.index("--eval-limit") + 1] == "1000"
+
+
+VIDEO = preset("video-shapes")
+SHAPES = DataChoice("moving-shapes", (250, 1000, 1000))
+
+
+@pytest.mark.parametrize("config, recipe, data, message", [
+    (VIDEO, TrainConfig(epochs=5), DataChoice("moving-shapes", (251, 10, 10)),
+     "at most 2,000 images, and a clip of 8 frames counts as 8: set the training clips to 250 or fewer"),
+    (VIDEO.replace(frames=16), TrainConfig(epochs=5), SHAPES, "set the training clips to 125 or fewer"),
+    (VIDEO.replace(tubelet_frames=1, depth=12, placement=11), TrainConfig(epochs=1, batch_size=128), SHAPES,
+     "a training step of 128 inputs of this model is 618 G MACs, over this instance's 160 G"),
+    (VIDEO, TrainConfig(epochs=6), SHAPES, "6 epochs is over this instance's limit of 5"),
+    (VIDEO, TrainConfig(epochs=1, limit=100), DataChoice(), "CIFAR-10 holds images and the model takes clips"),
+])
+def test_a_demo_counts_a_clip_as_its_frames_and_caps_a_steps_work(tmp_path, fake_training, config, recipe, data,
+                                                                   message):
+    with pytest.raises(JobError, match=message):
+        start_job(config, recipe, tmp_path, "job", None, DEMO, data)
+    assert not fake_training
+
+
+def test_a_video_job_draws_its_clips_without_a_data_folder_and_a_demo_caps_its_evaluation(tmp_path, fake_training):
+    start_job(VIDEO, TrainConfig(epochs=5), tmp_path, "demo", None, DEMO, SHAPES)
+    start_job(VIDEO, TrainConfig(epochs=5), tmp_path / "laptop", "laptop", None, LAPTOP, SHAPES)
+    for command, clips in zip(fake_training, ("250,125,125", "250,1000,1000"), strict=True):
+        assert command[command.index("--data") + 1] == "moving-shapes"
+        assert command[command.index("--clips") + 1] == clips
+        assert not any(word.startswith("--data-dir") for word in command)
+    baseline = VIDEO.replace(frames=1, tubelet_frames=1)  # a clip's first frame is one image
+    start_job(baseline, TrainConfig(epochs=5), tmp_path / "single", "single", None, DEMO,
+              DataChoice("moving-shapes", (2000, 1000, 1000)))
+    with pytest.raises(JobError, match="training on CIFAR-10 needs its folder"):
+        start_job(ModelConfig(), SMALL, tmp_path / "cifar", "cifar", None, LAPTOP)
 
 
 def test_a_demo_trains_only_on_the_operators_data_folder(tmp_path, fake_training, provisioned):

@@ -59,18 +59,21 @@ STAGE_COLOURS = {"patch_embedding": "#8c8c8c", "block": "#4c78a8", "token_learne
 def model_diagram_figure(config: ModelConfig) -> go.Figure:
     """The model as a row of boxes, input to output: the patch embedding, each block (as
     tall as the number of tokens it attends over), each TokenLearner and TokenFuser where
-    it sits, and the classifier, each with its MACs per image below it."""
+    it sits, and the classifier, each with its MACs per image (or clip) below it. A clip's
+    tokens are counted over all its temporal slices."""
     report = count(config)
     macs = report.macs_by_layer()
-    patches = config.num_patches
-    boxes = [("patch_embedding", f"{config.grid_size}x{config.grid_size} patches", patches, f"{patches}")]
+    patches = config.temporal_slices * config.num_patches
+    slices = f"{config.temporal_slices}x" if config.is_video else ""
+    boxes = [("patch_embedding", f"{slices}{config.grid_size}x{config.grid_size} patches", patches, f"{patches}")]
     for stage in config.stages():
         label = stage.name.replace("block_", "block ").replace("token_learner", "TokenLearner").replace(
             "token_fuser", "TokenFuser").replace("_", " ")
         if stage.kind == "block":
             boxes.append((stage.name, label, stage.tokens, f"{stage.tokens}"))
         elif stage.kind == "token_learner":
-            boxes.append((stage.name, label, config.num_tokens, f"{stage.tokens}→{config.num_tokens}"))
+            learned = config.temporal_slices * config.num_tokens
+            boxes.append((stage.name, label, learned, f"{stage.tokens}→{learned}"))
         else:
             boxes.append((stage.name, label, patches, f"{stage.tokens}→{patches}"))
     boxes.append(("classifier", "classifier", 1, f"{config.num_classes} classes"))
@@ -90,7 +93,8 @@ def model_diagram_figure(config: ModelConfig) -> go.Figure:
     figure.update_layout(
         title={"text": "<span style='color:#4c78a8'>blocks</span> as tall as the tokens they attend over, "
                        "<span style='color:#f58518'>TokenLearner</span> (patches→tokens), "
-                       "<span style='color:#54a24b'>TokenFuser</span> (tokens→patches); MACs per image below",
+                       "<span style='color:#54a24b'>TokenFuser</span> (tokens→patches); MACs per "
+                       + ("clip" if config.is_video else "image") + " below",
                "font": {"size": 13}},
         yaxis={"visible": False, "range": [-0.72, 0.68]},
         xaxis={"tickangle": -30, "tickfont": {"size": 11}},

@@ -23,8 +23,10 @@ from pathlib import Path
 
 from tokenlearner import processes
 from tokenlearner.config import ModelConfig, TrainConfig
+from tokenlearner.datasets import DataChoice
 from tokenlearner.files import exclusive, read_json, remove_stale_temporaries, write_json
 from tokenlearner.flags import config_flags
+from tokenlearner.flops import count
 from tokenlearner.limits import Limits
 from tokenlearner.runs import RunDirectory
 
@@ -65,17 +67,35 @@ def check_run_name(name: str) -> None:
                        "starting with a letter or digit")
 
 
-def within_limits(recipe: TrainConfig, limits: Limits) -> TrainConfig:
-    """`recipe` as a job may run it under `limits`: a `JobError` for more epochs or training
-    images than they allow; validation and test passes are capped to theirs."""
+def within_limits(model_config: ModelConfig, recipe: TrainConfig, data: DataChoice,
+                  limits: Limits) -> tuple[TrainConfig, DataChoice]:
+    """`recipe` and `data` as a job may run them under `limits`: a `JobError` for more
+    epochs, training images or MACs per step than they allow, a clip of a video model
+    counting as its frames' images; validation and test passes are capped to theirs."""
     if recipe.epochs > limits.max_epochs:
         raise JobError(f"{recipe.epochs} epochs is over this instance's limit of {limits.max_epochs}")
-    if limits.max_train_images and not 0 < recipe.limit <= limits.max_train_images:
+    per_item = data.images_per_item(model_config)
+    if limits.max_step_macs:
+        step = recipe.batch_size * count(model_config).macs
+        if step > limits.max_step_macs:
+            raise JobError(f"a training step of {recipe.batch_size} inputs of this model is {step / 1e9:.0f} G MACs, "
+                           f"over this instance's {limits.max_step_macs / 1e9:.0f} G: use a smaller batch, fewer "
+                           "frames or a smaller model")
+    if limits.max_train_images and data.on_clips:
+        # every clip asked for is drawn, whatever `limit` keeps, so the budget is on the clips
+        most = limits.max_train_images // per_item
+        if data.clips[0] > most:
+            each = f", and a clip of {per_item} frames counts as {per_item}" if per_item > 1 else ""
+            raise JobError(f"this instance trains on at most {limits.max_train_images:,} images{each}: set the "
+                           f"training clips to {most:,} or fewer (asked for {data.clips[0]:,})")
+        evaluated = max(1, limits.max_eval_images // per_item)
+        data = DataChoice(data.name, (data.clips[0], *(min(n, evaluated) for n in data.clips[1:])))
+    elif limits.max_train_images and not 0 < recipe.limit <= limits.max_train_images:
         raise JobError(f"this instance trains on at most {limits.max_train_images:,} images: set the training "
                        f"images to {limits.max_train_images:,} or fewer (asked for {recipe.limit or 'all'})")
     if limits.max_eval_images and not 0 < recipe.eval_limit <= limits.max_eval_images:
         recipe = recipe.replace(eval_limit=limits.max_eval_images)
-    return recipe
+    return recipe, data
 
 
 @dataclass(frozen=True)
@@ -113,23 +133,34 @@ def last_job(root: str | os.PathLike) -> RunDirectory | None:
 
 
 def start_job(model_config: ModelConfig, recipe: TrainConfig, root: str | os.PathLike, name: str,
-              data_dir: str | os.PathLike, limits: Limits | None = None) -> StartedJob:
-    """Start `python -m tokenlearner train` for the configs in `root/name`; `JobError` if a
-    job is running, the name is unusable or taken, or the job is beyond `limits` (default:
-    the environment's)."""
+              data_dir: str | os.PathLike | None, limits: Limits | None = None,
+              data: DataChoice = DataChoice()) -> StartedJob:
+    """Start `python -m tokenlearner train` for the configs and `data` in `root/name`
+    (`data_dir` is the CIFAR-10 folder, which plain moving shapes do without); `JobError`
+    if a job is running, the name is unusable or taken, the data does not fit the model,
+    or the job is beyond `limits` (default: the environment's)."""
+    from tokenlearner.data import DataError, find_data_dir
+
     limits = limits or Limits.current()
     check_run_name(name)
-    recipe = within_limits(recipe, limits)
-    data_dir = Path(data_dir).resolve()
-    if not limits.allow_data_folder_choice:
-        from tokenlearner.data import DataError, find_data_dir
-
-        try:
-            provisioned = find_data_dir().resolve()
-        except DataError:
-            provisioned = None
-        if data_dir != provisioned:
-            raise JobError("this instance trains only on the CIFAR-10 folder its operator set up")
+    try:
+        data.check_fits(model_config)
+    except DataError as error:
+        raise JobError(str(error)) from None
+    recipe, data = within_limits(model_config, recipe, data, limits)
+    data_flags = data.flags()
+    if data.name != "moving-shapes":
+        if data_dir is None:
+            raise JobError("training on CIFAR-10 needs its folder, and none was found")
+        data_dir = Path(data_dir).resolve()
+        if not limits.allow_data_folder_choice:
+            try:
+                provisioned = find_data_dir().resolve()
+            except DataError:
+                provisioned = None
+            if data_dir != provisioned:
+                raise JobError("this instance trains only on the CIFAR-10 folder its operator set up")
+        data_flags.append(f"--data-dir={data_dir}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     with exclusive(root / MUTEX):
@@ -145,7 +176,7 @@ def start_job(model_config: ModelConfig, recipe: TrainConfig, root: str | os.Pat
         owner = secrets.token_hex(16)
         with open(root / f".{name}.log", "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "tokenlearner", "train", f"--out={run.path.resolve()}", f"--data-dir={data_dir}",
+                [sys.executable, "-m", "tokenlearner", "train", f"--out={run.path.resolve()}", *data_flags,
                  *config_flags(model_config, recipe)],
                 cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )

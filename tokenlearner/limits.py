@@ -30,6 +30,7 @@ class Limits:
     max_epochs: int
     max_train_images: int  # per job; 0: every training image
     max_eval_images: int  # per validation pass and per test pass; 0: all of them
+    max_step_macs: int  # MACs of one training step's forward pass (batch x per input); 0: no cap
     max_upload_pixels: int  # pixels an upload may decode to
     keep_runs: int  # runs the runs folder keeps, the newest; 0: all
     keep_runs_bytes: int  # bytes the runs folder may hold; 0: no cap
@@ -57,9 +58,13 @@ class Limits:
     def current(cls, environ: Mapping[str, str] = os.environ) -> "Limits":
         """The limits `environ` sets; a `ValueError` names a variable with an unusable value."""
         if not demo_mode(environ):
-            return cls(demo=False, max_epochs=200, max_train_images=0, max_eval_images=0,
+            return cls(demo=False, max_epochs=200, max_train_images=0, max_eval_images=0, max_step_macs=0,
                        max_upload_pixels=16_000_000, keep_runs=0, keep_runs_bytes=0)
-        return cls(demo=True, max_epochs=5, max_train_images=2000, max_eval_images=1000,
+        # A step of the largest image model the Train page's controls make (12 blocks without
+        # TokenLearner, 303 M MACs an image) at its largest batch (512) is 155 G MACs: video
+        # models, whose inputs cost several images each, get the same step and so about the
+        # same memory.
+        return cls(demo=True, max_epochs=5, max_train_images=2000, max_eval_images=1000, max_step_macs=160_000_000_000,
                    max_upload_pixels=8_000_000, keep_runs=_positive(environ, MAX_RUNS_ENV, 20),
                    keep_runs_bytes=_positive(environ, MAX_RUNS_MB_ENV, 500) * 1_000_000)
 

@@ -81,13 +81,14 @@ class Preset(NamedTuple):
     recipe: TrainConfig
 
 
-def presets() -> dict[str, Preset]:
-    """Every row of the keras.io tables (with the keras.io recipe), then the config and
-    recipe of every shipped image checkpoint (the pages train and compare on CIFAR-10)."""
-    choices = {name: Preset(config, TrainConfig()) for name, config in PRESETS.items()}
+def presets(on_clips: bool = False) -> dict[str, Preset]:
+    """Every named config for images (the rows of the keras.io tables) or, `on_clips`,
+    for clips, with the keras.io recipe, then the config and recipe of every shipped
+    checkpoint trained on the same kind of data."""
+    choices = {name: Preset(config, TrainConfig()) for name, config in PRESETS.items() if config.is_video == on_clips}
     checkpoints, _ = find_checkpoints()
     for info in checkpoints:
-        if info.on_clips:
+        if info.on_clips != on_clips:
             continue
         try:
             choices[f"checkpoint {info.directory.path.name}"] = Preset(info.config, info.directory.train_config())
@@ -96,20 +97,44 @@ def presets() -> dict[str, Preset]:
     return choices
 
 
-def preset_picker(key: str, default: str = DEFAULT_PRESET) -> Preset:
-    """A preset selector; choosing one resets the controls of the same `key` (the model
-    knobs and the recipe) to it."""
+def forget_controls(key: str, keep: tuple[str, ...] = ()) -> None:
+    """Reset the controls of `key` (its model knobs and recipe) but those named in `keep`,
+    and the knobs of the page's link, which would otherwise bring them back."""
+    for name in [name for name in st.session_state if name.startswith(f"{key}_") and name not in keep]:
+        del st.session_state[name]
+    for parameter in URL_FIELDS:
+        st.query_params.pop(parameter, None)
 
-    def forget_controls() -> None:
-        for name in [name for name in st.session_state if name.startswith(f"{key}_") and name != f"{key}_preset"]:
-            del st.session_state[name]
-        for parameter in URL_FIELDS:  # a linked set would otherwise start from the old link
-            st.query_params.pop(parameter, None)
 
-    choices = presets()
-    name = st.selectbox("start from", list(choices), index=list(choices).index(default), key=f"{key}_preset",
-                        on_change=forget_controls)
+def preset_picker(key: str, on_clips: bool = False) -> Preset:
+    """A selector of the presets for images or, `on_clips`, for clips; choosing one resets
+    the controls of the same `key` (the model knobs and the recipe) to it."""
+    choices = presets(on_clips)
+    preset_key = f"{key}_preset"
+    if st.session_state.get(preset_key) not in choices:  # chosen for the other kind of data
+        st.session_state.pop(preset_key, None)
+    default = DEFAULT_PRESET if not on_clips else next((name for name in choices if name.startswith("checkpoint ")),
+                                                           CLIP_PRESET)  # a trained recipe
+    name = st.selectbox("start from", list(choices), index=list(choices).index(default), key=preset_key,
+                        on_change=forget_controls, args=(key, (preset_key, f"{key}_data", f"{key}_name")))
     return choices[name]
+
+
+CLIP_PRESET = "video-shapes"
+CLIP_FRAMES = (2, 4, 8, 16)
+
+
+def clip_controls(key: str, base: ModelConfig) -> ModelConfig:
+    """Widgets for a video model's frames and tubelet frames (those that divide the frames)."""
+    frames = st.select_slider("frames per clip", CLIP_FRAMES, base.frames if base.frames in CLIP_FRAMES else 8,
+                              key=f"{key}_frames")
+    spans = [span for span in (1, 2, 4) if frames % span == 0]
+    tubelet_key = f"{key}_tubelet"
+    if st.session_state.get(tubelet_key) not in (None, *spans):
+        del st.session_state[tubelet_key]
+    tubelet = st.radio("frames per patch (tubelet)", spans, index=spans.index(base.tubelet_frames)
+                       if base.tubelet_frames in spans else 0, horizontal=True, key=tubelet_key)
+    return base.replace(frames=frames, tubelet_frames=tubelet)
 
 
 # The knobs a link carries: query parameter -> (config field, parse).
@@ -205,12 +230,12 @@ def drawing_maps(model_path: str, modified: float):
     return image, {name: value[0] for name, value in maps.items()}
 
 
-@st.cache_data(max_entries=16, show_spinner="Drawing the clip...")
-def drawn_test_clip(record: dict, index: int):
-    """Test clip `index` of the moving shapes a run's data `record` describes, and its label."""
-    from tokenlearner.moving_shapes import draw_test_clip
+@st.cache_data(max_entries=16, show_spinner="Drawing the clips...")
+def drawn_clips(record: dict, part: str, indices: tuple[int, ...]):
+    """Clips `indices` of `part` of the moving shapes a run's data `record` describes, and their labels."""
+    from tokenlearner.moving_shapes import draw_clips
 
-    return draw_test_clip(record, index)
+    return draw_clips(record, part, list(indices))
 
 
 @st.cache_resource(max_entries=1, show_spinner="Reading CIFAR-10...")
@@ -341,7 +366,16 @@ def training_images(directory: str, indices: tuple[int, ...], labels: tuple[int,
     return read_train_images(directory, list(indices))
 
 
-def run_fixed_images(run, directory: str):
-    """The fixed validation images of `run` (a RunDirectory) from `directory`, or None."""
+def run_fixed_images(run, directory: str | None):
+    """The fixed validation images of `run` (a RunDirectory), whose maps it records each
+    epoch: from the CIFAR-10 folder `directory`, or drawn again for a run on moving shapes
+    (clips, or first frames); None where they cannot be had."""
     chosen = run.map_images()
+    if "val_clip_indices" in chosen:
+        try:
+            return drawn_clips(run.record()["data"], "val", tuple(chosen["val_clip_indices"]))[0]
+        except ValueError:  # the CIFAR-10 folder the clips were drawn on is gone or damaged (a DataError)
+            return None
+    if directory is None:
+        return None
     return training_images(directory, tuple(chosen["train_batch_indices"]), tuple(chosen["labels"]))
