@@ -23,9 +23,9 @@ def _metrics(out, run):
     return summary, epochs
 
 
-# GRID with a video model on moving shapes in place of its baseline: clips are drawn on each
-# worker from the run's seed, and a grid's runs may train on different data.
-GRID_WITH_CLIPS = {**GRID, "configs": {
+# GRID, one seed, with a video model on moving shapes in place of its baseline: clips are drawn
+# on each worker from the run's seed, and a grid's runs may train on different data.
+GRID_WITH_CLIPS = {**GRID, "seeds": [0], "configs": {
     "clips": {"preset": "video-shapes", "model": {"frames": 4, "depth": 1, "placement": 1, "num_tokens": 2},
               "data": {"name": "moving-shapes", "clips": [32, 16, 16]}},
     "tokens": GRID["configs"]["tokens"]}}
@@ -44,7 +44,7 @@ def test_a_grid_on_ray_gives_the_in_process_metrics_and_retries_a_run_whose_work
     driver = subprocess.Popen([sys.executable, "-m", "tokenlearner", "experiment", str(grid), "--out", str(on_ray),
                                "--data-dir", str(data), "--engine", "ray", "--cpus-per-run", "1"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    status_file, killed = on_ray / "tokens" / "seed_1" / "status.json", None
+    status_file, killed = on_ray / "tokens" / "seed_0" / "status.json", None
     deadline = time.time() + 240
     while killed is None and driver.poll() is None and time.time() < deadline:
         try:
@@ -58,11 +58,11 @@ def test_a_grid_on_ray_gives_the_in_process_metrics_and_retries_a_run_whose_work
     stdout, stderr = driver.communicate(timeout=240)
     assert driver.returncode == 0, stderr
     assert killed is not None, "the run's worker was never seen"
-    assert "[4/4] tokens seed 1: failed" in stdout and "training it again (attempt 2 of 3)" in stdout
-    assert (on_ray / "tokens" / "seed_1.incomplete-1").is_dir(), "the killed attempt is kept aside"
+    assert "[2/2] tokens seed 0: failed" in stdout and "training it again (attempt 2 of 3)" in stdout
+    assert (on_ray / "tokens" / "seed_0.incomplete-1").is_dir(), "the killed attempt is kept aside"
 
-    assert json.loads((on_ray / "clips" / "seed_1" / "config.json").read_text())["data"]["kind"] == "moving_shapes"
-    for run in ("clips/seed_0", "tokens/seed_0", "clips/seed_1", "tokens/seed_1"):
+    assert json.loads((on_ray / "clips" / "seed_0" / "config.json").read_text())["data"]["kind"] == "moving_shapes"
+    for run in ("clips/seed_0", "tokens/seed_0"):
         (ours, our_epochs), (theirs, their_epochs) = _metrics(on_ray, run), _metrics(in_process, run)
         for key in ("test_top1", "test_top5", "test_loss", "best_val_top1"):
             assert ours[key] == pytest.approx(theirs[key], abs=1e-6), (run, key)
@@ -96,7 +96,7 @@ def test_a_runs_stop_file_cancels_that_run_on_ray(tmp_path):
     assert json.loads((run / "status.json").read_text())["state"] == "stopped"
     assert len((run / "metrics.jsonl").read_text().splitlines()) < 50 and not (out / "results.md").exists()
 
-# Two samples that learn (each class is a colour of its own), then two whose learning rate leaves them where they
+# Two samples that learn (each class is a colour of its own), then one whose learning rate leaves it where it
 # started: ASHA's cutoff at epoch 1 is the median of the samples that reached it before.
 SEARCH = {"seed": 3, "train": {"epochs": 2, "batch_size": 16},
           "space": {"model": {"depth": [1], "placement": [1], "num_tokens": [1, 2, 4, 8]},
@@ -111,16 +111,16 @@ def test_a_search_stops_poor_samples_early_and_ends_with_a_front(tmp_path):
     data = make_cifar_folder(tmp_path / "cifar-10-batches-py", rows_per_batch=32, test_rows=20, colours=True)
     space_file, out = tmp_path / "space.json", tmp_path / "out"
     space_file.write_text(json.dumps(SEARCH))
-    samples = read_space(space_file).samples(4)
-    assert [run.train.learning_rate for run in samples] == [0.003, 0.003, 0.000001, 0.000001]
+    samples = read_space(space_file).samples(3)
+    assert [run.train.learning_rate for run in samples] == [0.003, 0.003, 0.000001]
     # Two CPUs a sample on two cores: one at a time, in order, so ASHA sees them in that order.
     command = ["experiment", str(space_file), "--out", str(out), "--data-dir", str(data), "--engine", "ray",
-               "--cpus-per-run", "2", "--search", "asha", "--samples", "4"]
+               "--cpus-per-run", "2", "--search", "asha", "--samples", "3"]
     result = tokenlearner_command(*command, timeout=400)
     assert result.returncode == 0, result.stderr
     states = {run.name: json.loads((out / run.name / "seed_3" / "status.json").read_text()) for run in samples}
     early = [name for name, status in states.items() if status["state"] == "stopped early"]
-    assert {"sample-003", "sample-004"} <= set(early), (states, result.stdout)
+    assert "sample-003" in early, (states, result.stdout)
     for name in early:
         assert f"{name} seed 3: stopped early by ASHA after epoch 1" in result.stdout
         assert len((out / name / "seed_3" / "metrics.jsonl").read_text().splitlines()) == 1
@@ -132,14 +132,14 @@ def test_a_search_stops_poor_samples_early_and_ends_with_a_front(tmp_path):
     front = (out / "front.md").read_text()
     on_front = [line.split(" | ")[0].strip("| ") for line in front.split("\n\n")[0].splitlines()[2:]]
     assert on_front and set(on_front) <= set(finished), front
-    assert "4 samples: " in front and (out / "front.png").read_bytes().startswith(b"\x89PNG")
-    assert len((out / "search.csv").read_text().splitlines()) == 5
+    assert "3 samples: " in front and (out / "front.png").read_bytes().startswith(b"\x89PNG")
+    assert len((out / "search.csv").read_text().splitlines()) == 4
     plan = json.loads((out / "grid.json").read_text())
     assert plan["search"]["knobs"] == {"model": ["depth", "placement", "num_tokens"], "train": ["learning_rate"]}
 
     again = tokenlearner_command(*command, timeout=120)  # every sample ended: nothing to train, the same front
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("already, skipped") == 4 and (out / "front.md").read_text() == front
+    assert again.stdout.count("already, skipped") == 3 and (out / "front.md").read_text() == front
 
 
 def test_only_new_or_changed_files_are_sent_and_temporaries_never(tmp_path):
