@@ -18,6 +18,7 @@ page_setup()
 st.title("Train")
 root = runs_root()
 STARTING = "Starting: loading TensorFlow and the data, then compiling the training step..."
+DATA = {"cifar10": "CIFAR-10 images", "moving-shapes": "clips of moving shapes (video)"}
 
 
 def live_job():
@@ -89,7 +90,6 @@ def live_job():
 
 
 data_dir, _ = find_cifar10()
-DATA = {"cifar10": "CIFAR-10 images", "moving-shapes": "clips of moving shapes (video)"}
 with st.sidebar:
     data_name = st.radio("train on", list(DATA), format_func=DATA.get, key="train_data", on_change=forget_controls,
                          args=("train", ("train_data", "train_name")))
@@ -144,6 +144,8 @@ if start:
         st.error(as_text(str(error)))
     else:
         st.rerun()
+
+
 @st.fragment(run_every=1.0)
 def running_job():
     """`live_job`, redrawn every second while the job runs; once it has ended, the whole page
