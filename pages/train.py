@@ -12,7 +12,7 @@ from tokenlearner.moving_shapes import MAX_CLIPS
 from tokenlearner.overlay import clip_sheet, overlay_grid
 from tokenlearner.runs import runs_root
 from tokenlearner.ui import (as_text, clip_controls, data_directory, find_cifar10, forget_controls, main_picture,
-                             model_controls, page_setup, preset_picker, run_fixed_images)
+                             model_controls, page_setup, preset_picker, run_fixed_images, starting_at)
 
 page_setup()
 st.title("Train")
@@ -100,30 +100,32 @@ with st.sidebar:
         config = clip_controls("train", config)
     st.divider()
     limits, base = Limits.current(), preset.recipe
-    epochs = st.slider("epochs", 1, limits.max_epochs, min(base.epochs, limits.max_epochs), key="train_epochs")
-    batch_size = st.select_slider("batch size", [32, 64, 128, 256, 512], base.batch_size, key="train_batch")
-    learning_rate = st.select_slider("learning rate", [1e-4, 3e-4, 1e-3, 3e-3], base.learning_rate,
-                                     key="train_lr")
-    seed = st.number_input("seed", 0, 1_000_000, base.seed, key="train_seed")
+    epochs = st.slider("epochs", 1, limits.max_epochs,
+                       key=starting_at("train_epochs", min(base.epochs, limits.max_epochs)))
+    batch_size = st.select_slider("batch size", [32, 64, 128, 256, 512], key=starting_at("train_batch",
+                                                                                         base.batch_size))
+    learning_rate = st.select_slider("learning rate", [1e-4, 3e-4, 1e-3, 3e-3],
+                                     key=starting_at("train_lr", base.learning_rate))
+    seed = st.number_input("seed", 0, 1_000_000, key=starting_at("train_seed", base.seed))
     data, limit = DataChoice(), base.limit
     if on_clips:  # every clip is drawn from the seed, so the clips' count is the control, not a limit on them
         most = limits.max_train_images // config.frames if limits.max_train_images else MAX_CLIPS
-        if st.session_state.get("train_clips", 0) > most:  # fewer clips fit once the frames go up
-            st.session_state["train_clips"] = most
-        clips = st.number_input("training clips", 10, most, min(DEFAULT_CLIPS[0], most), step=10,
-                                key="train_clips")
+        clips_key = starting_at("train_clips", min(DEFAULT_CLIPS[0], most))
+        st.session_state[clips_key] = min(st.session_state[clips_key], most)  # fewer fit once the frames go up
+        clips = st.number_input("training clips", 10, most, step=10, key=clips_key)
         data, limit = DataChoice(data_name, (int(clips), *DEFAULT_CLIPS[1:])), 0
         if limits.max_train_images:
             st.caption(f"This public demo trains at most {limits.max_epochs} epochs on {limits.max_train_images:,} "
                        f"images, a clip of {config.frames} frames counting as {config.frames}, and validates and "
                        f"tests on {max(1, limits.max_eval_images // config.frames):,} clips.")
     elif limits.max_train_images:
-        limit = st.number_input("training images", 100, limits.max_train_images, limits.max_train_images,
-                                step=100, key="train_limit")
+        limit = st.number_input("training images", 100, limits.max_train_images, step=100,
+                                key=starting_at("train_limit", limits.max_train_images))
         st.caption(f"This public demo trains at most {limits.max_epochs} epochs on {limits.max_train_images:,} "
                    f"images, and validates and tests on {limits.max_eval_images:,}.")
     else:
-        limit = st.number_input("training images (0: all)", 0, 50_000, base.limit, step=100, key="train_limit")
+        limit = st.number_input("training images (0: all)", 0, 50_000, step=100,
+                                key=starting_at("train_limit", base.limit))
     recipe = recipe_from_controls(base, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                                   seed=int(seed), limit=int(limit))
     carried = recipe_beyond_controls(recipe)

@@ -247,6 +247,23 @@ def test_deleting_a_run_asks_in_a_dialog_first(browser, with_data):
     page.close()
 
 
+def test_the_sliders_on_screen_follow_a_preset_and_the_data_chosen(browser, with_data):
+    """AppTest sees the script's values; only a browser shows what a reset widget displays
+    (before ui.starting_at, the sliders kept their old values over the preset's)."""
+    page = open_page(browser, with_data["url"], "train")
+    page.get_by_role("combobox", name="start from").click()
+    page.get_by_role("option", name="keras-io-8-tokens", exact=True).click()
+    settle(page)
+    thumbs = page.locator('[data-testid="stSliderThumbValue"]')
+    assert thumbs.all_inner_texts()[:3] == ["4", "8", "3"], "depth, tokens, placement"
+    page.get_by_text("clips of moving shapes (video)").click()
+    settle(page)
+    # the shipped video checkpoint's model and recipe: depth, tokens, placement, frames, epochs, batch, learning rate
+    assert thumbs.all_inner_texts() == ["4", "8", "1", "8", "8", "64", "0.0003"]
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.close()
+
+
 def test_bench_app_measures_the_shipped_checkpoints_as_the_readme_says(cifar_dir):
     """The README's app benchmark, on two shipped checkpoints (the runs folder is then
     checkpoints/ itself, which the model picker must list once)."""

@@ -115,8 +115,8 @@ def preset_picker(key: str, on_clips: bool = False) -> Preset:
         st.session_state.pop(preset_key, None)
     default = DEFAULT_PRESET if not on_clips else next((name for name in choices if name.startswith("checkpoint ")),
                                                            CLIP_PRESET)  # a trained recipe
-    name = st.selectbox("start from", list(choices), index=list(choices).index(default), key=preset_key,
-                        on_change=forget_controls, args=(key, (preset_key, f"{key}_data", f"{key}_name")))
+    name = st.selectbox("start from", list(choices), key=starting_at(preset_key, default), on_change=forget_controls,
+                        args=(key, (preset_key, f"{key}_data", f"{key}_name")))
     return choices[name]
 
 
@@ -126,14 +126,13 @@ CLIP_FRAMES = (2, 4, 8, 16)
 
 def clip_controls(key: str, base: ModelConfig) -> ModelConfig:
     """Widgets for a video model's frames and tubelet frames (those that divide the frames)."""
-    frames = st.select_slider("frames per clip", CLIP_FRAMES, base.frames if base.frames in CLIP_FRAMES else 8,
-                              key=f"{key}_frames")
+    frames = st.select_slider("frames per clip", CLIP_FRAMES,
+                              key=starting_at(f"{key}_frames", base.frames if base.frames in CLIP_FRAMES else 8))
     spans = [span for span in (1, 2, 4) if frames % span == 0]
-    tubelet_key = f"{key}_tubelet"
-    if st.session_state.get(tubelet_key) not in (None, *spans):
-        del st.session_state[tubelet_key]
-    tubelet = st.radio("frames per patch (tubelet)", spans, index=spans.index(base.tubelet_frames)
-                       if base.tubelet_frames in spans else 0, horizontal=True, key=tubelet_key)
+    tubelet_key = starting_at(f"{key}_tubelet", base.tubelet_frames if base.tubelet_frames in spans else 1)
+    if st.session_state[tubelet_key] not in spans:  # more than the fewer frames now chosen
+        st.session_state[tubelet_key] = 1
+    tubelet = st.radio("frames per patch (tubelet)", spans, horizontal=True, key=tubelet_key)
     return base.replace(frames=frames, tubelet_frames=tubelet)
 
 
@@ -180,31 +179,35 @@ def model_controls(key: str, base: ModelConfig, linked: bool = False) -> ModelCo
     return _model_controls(key, base)
 
 
+def starting_at(key: str, value) -> str:
+    """`key`, for a widget that starts at `value` unless it has a state of its own. The
+    value goes through the session state, not the widget's default: after a reset
+    (`forget_controls`) a browser keeps showing a widget's old value over a new default,
+    while a value set in the session state reaches it."""
+    st.session_state.setdefault(key, value)
+    return key
+
+
 def _model_controls(key: str, base: ModelConfig) -> ModelConfig:
-    depth = st.slider("depth (blocks)", 1, MAX_APP_DEPTH, min(base.depth, MAX_APP_DEPTH), key=f"{key}_depth")
+    depth = st.slider("depth (blocks)", 1, MAX_APP_DEPTH, key=starting_at(f"{key}_depth", min(base.depth, MAX_APP_DEPTH)))
     version = st.selectbox("TokenLearner", list(TOKENLEARNER_LABELS), format_func=TOKENLEARNER_LABELS.get,
-                           index=list(TOKENLEARNER_LABELS).index(base.tokenlearner), key=f"{key}_tokenlearner")
+                           key=starting_at(f"{key}_tokenlearner", base.tokenlearner))
     if version == "none":
         return base.replace(depth=depth, tokenlearner="none", fuser=False, pooling="mean",
                             placement=min(base.placement, depth))
-    tokens = st.slider("tokens", 1, MAX_APP_TOKENS, min(base.num_tokens, MAX_APP_TOKENS), key=f"{key}_tokens")
-    fuser = st.checkbox("TokenFuser", base.fuser, key=f"{key}_fuser")
+    tokens = st.slider("tokens", 1, MAX_APP_TOKENS, key=starting_at(f"{key}_tokens", min(base.num_tokens, MAX_APP_TOKENS)))
+    fuser = st.checkbox("TokenFuser", key=starting_at(f"{key}_fuser", base.fuser))
     last = depth - 1 if fuser else depth
-    placement_key = f"{key}_placement"
+    placement_key = starting_at(f"{key}_placement", base.placement)
     if last == 0:
         st.caption("placement 0: with TokenFuser and one block, TokenLearner comes before it")
         placement = 0
-    else:
-        label = "placement (blocks before TokenLearner)"
-        if placement_key in st.session_state:  # the widget's state wins over a default: clamp it instead
-            st.session_state[placement_key] = min(st.session_state[placement_key], last)
-            placement = st.slider(label, 0, last, key=placement_key)
-        else:
-            placement = st.slider(label, 0, last, min(base.placement, last), key=placement_key)
+    else:  # clamped whenever depth or TokenFuser leave fewer blocks
+        st.session_state[placement_key] = min(st.session_state[placement_key], last)
+        placement = st.slider("placement (blocks before TokenLearner)", 0, last, key=placement_key)
     pooling = "mean"
     if version == "v1":
-        pooling = st.radio("pooling", ["mean", "sum"], index=["mean", "sum"].index(base.pooling),
-                           horizontal=True, key=f"{key}_pooling")
+        pooling = st.radio("pooling", ["mean", "sum"], horizontal=True, key=starting_at(f"{key}_pooling", base.pooling))
     return base.replace(depth=depth, tokenlearner=version, num_tokens=tokens, fuser=fuser,
                         placement=placement, pooling=pooling)
 
