@@ -20,8 +20,8 @@ for problem in problems:
     st.warning(problem)
 videos = [run for run in runs if run.config.is_video and run.has_model]
 if not videos:
-    st.info("No video model yet. Train one on drawn clips of moving shapes on the Train page, or with "
-            "(docs/video.md):")
+    st.info("No video model yet. Train one on drawn clips of moving shapes: on the Train page, or with this "
+            "command (docs/video.md):")
     st.code(TRAIN_COMMAND, language="bash")
     st.stop()
 
@@ -98,7 +98,7 @@ if clip is not None:
 
 epochs = choice.directory.map_epochs()
 fixed = run_fixed_images(choice.directory, None) if len(epochs) > 1 and learners else None
-if fixed is not None and fixed.ndim == 5:  # a video model's fixed validation clips
+if fixed is not None:  # the run's fixed validation clips, drawn again
     st.subheader("How the maps formed during training")
     epoch = st.select_slider("after epoch", epochs, value=epochs[-1], key="video_epoch")
     play_epochs = st.button("Play from epoch 0", key="video_play_epochs")

@@ -3,6 +3,7 @@ where the work starts (jobs, stops, downloads, uploads, data folders, the kernel
 whatever the widgets show. The laptop keeps everything."""
 
 import io
+import itertools
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from PIL import Image
 from tokenlearner import jobs, native, processes
 from tokenlearner.config import ModelConfig, TrainConfig
 from tokenlearner.datasets import DataChoice
+from tokenlearner.flops import count
 from tokenlearner.presets import preset
 from tokenlearner.data import DataError, datasets_dir, find_data_dir, read_batch
 from tokenlearner.files import (
@@ -196,6 +198,21 @@ def test_a_demo_counts_a_clip_as_its_frames_and_caps_a_steps_work(tmp_path, fake
     with pytest.raises(JobError, match=message):
         start_job(config, recipe, tmp_path, "job", None, DEMO, data)
     assert not fake_training
+
+
+def test_the_demos_step_cap_takes_every_image_model_the_train_pages_controls_make():
+    from tokenlearner.ui import MAX_APP_DEPTH, MAX_APP_TOKENS
+
+    largest = 0
+    for tokenlearner, fuser, placement in itertools.product(("none", "v1", "v11"), (False, True),
+                                                            range(MAX_APP_DEPTH + 1)):
+        try:
+            config = ModelConfig(depth=MAX_APP_DEPTH, tokenlearner=tokenlearner, num_tokens=MAX_APP_TOKENS,
+                                 fuser=fuser, placement=placement)
+        except ValueError:
+            continue  # a combination the controls do not offer
+        largest = max(largest, count(config).macs)
+    assert 512 * largest <= DEMO.max_step_macs < 1.05 * 512 * largest, "the batch slider's largest, 512"
 
 
 def test_a_video_job_draws_its_clips_without_a_data_folder_and_a_demo_caps_its_evaluation(tmp_path, fake_training):

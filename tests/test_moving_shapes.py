@@ -128,8 +128,8 @@ def test_cifar_pixels_come_from_the_parts_own_batches(tmp_path):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    ({"train": 0}, "train=0 clips is out of range: must be from 1 to 200000"),
-    ({"test": 10**6}, "test=1000000 clips is out of range"),
+    ({"train": 0}, "0 train clips is out of range: must be from 1 to 200,000"),
+    ({"test": 10**6}, "1000000 test clips is out of range"),
     ({"frames": 1}, "frames=1 is out of range: motion needs 2 to 64 frames"),
 ])
 def test_bad_sizes_are_refused(arguments, message):

@@ -12,7 +12,7 @@ import numpy as np
 
 from tokenlearner.config import ModelConfig
 from tokenlearner.data import Cifar10, DataError, find_data_dir, load_cifar10
-from tokenlearner.moving_shapes import MAX_CLIPS, PARTS, SIZE, MovingShapes, moving_shapes
+from tokenlearner.moving_shapes import PARTS, SIZE, MovingShapes, check_clip_counts, moving_shapes
 
 DATA_SETS = ("cifar10", "moving-shapes", "moving-shapes-on-cifar")
 DEFAULT_CLIPS = (4000, 1000, 1000)
@@ -32,9 +32,7 @@ class DataChoice:
         clips = tuple(self.clips) if isinstance(self.clips, (list, tuple)) else ()
         if len(clips) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) for n in clips):
             raise ValueError(f"clips={self.clips!r} must be three whole numbers: training, validation and test clips")
-        for part, number in zip(PARTS, clips, strict=True):
-            if not 1 <= number <= MAX_CLIPS:
-                raise ValueError(f"{number} {part} clips is out of range: must be from 1 to {MAX_CLIPS:,}")
+        check_clip_counts(clips)
         object.__setattr__(self, "clips", clips)
 
     @property

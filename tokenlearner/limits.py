@@ -60,10 +60,10 @@ class Limits:
         if not demo_mode(environ):
             return cls(demo=False, max_epochs=200, max_train_images=0, max_eval_images=0, max_step_macs=0,
                        max_upload_pixels=16_000_000, keep_runs=0, keep_runs_bytes=0)
-        # A step of the largest image model the Train page's controls make (12 blocks without
-        # TokenLearner, 303 M MACs an image) at its largest batch (512) is 155 G MACs: video
-        # models, whose inputs cost several images each, get the same step and so about the
-        # same memory.
+        # A step of the largest image model the Train page's controls make (12 blocks, then
+        # TokenLearner with 16 tokens: 305 M MACs an image) at its largest batch (512) is 156 G
+        # MACs: video models, whose inputs cost several images each, get the same step and so
+        # about the same memory (tests/test_demo.py).
         return cls(demo=True, max_epochs=5, max_train_images=2000, max_eval_images=1000, max_step_macs=160_000_000_000,
                    max_upload_pixels=8_000_000, keep_runs=_positive(environ, MAX_RUNS_ENV, 20),
                    keep_runs_bytes=_positive(environ, MAX_RUNS_MB_ENV, 500) * 1_000_000)

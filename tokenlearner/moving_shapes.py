@@ -151,14 +151,19 @@ def draw_part(seed: int, part: str, count: int, frames: int = 8,
     return clips, labels
 
 
+def check_clip_counts(counts: tuple[int, int, int]) -> None:
+    """A ValueError unless each part's count of clips is one `moving_shapes` draws."""
+    for part, count in zip(PARTS, counts, strict=True):
+        if not 1 <= count <= MAX_CLIPS:
+            raise ValueError(f"{count} {part} clips is out of range: must be from 1 to {MAX_CLIPS:,}")
+
+
 def moving_shapes(train: int = 4000, val: int = 1000, test: int = 1000, frames: int = 8, seed: int = 0,
                   cifar_directory: str | os.PathLike | None = None, parts: tuple[str, ...] = PARTS) -> MovingShapes:
     """Draw the three parts (or only those in `parts`: the others are left empty, as an
     evaluation needs the test clips alone). A bad count or frame number raises a
     ValueError that says what is allowed; a CIFAR-10 folder that cannot be read, a `DataError`."""
-    for name, count in (("train", train), ("val", val), ("test", test)):
-        if not 1 <= count <= MAX_CLIPS:
-            raise ValueError(f"{name}={count} clips is out of range: must be from 1 to {MAX_CLIPS}")
+    check_clip_counts((train, val, test))
     if not 2 <= frames <= 64:
         raise ValueError(f"frames={frames} is out of range: motion needs 2 to 64 frames")
     train_images = test_images = None

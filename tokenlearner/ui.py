@@ -189,13 +189,15 @@ def starting_at(key: str, value) -> str:
 
 
 def _model_controls(key: str, base: ModelConfig) -> ModelConfig:
-    depth = st.slider("depth (blocks)", 1, MAX_APP_DEPTH, key=starting_at(f"{key}_depth", min(base.depth, MAX_APP_DEPTH)))
+    depth = st.slider("depth (blocks)", 1, MAX_APP_DEPTH,
+                      key=starting_at(f"{key}_depth", min(base.depth, MAX_APP_DEPTH)))
     version = st.selectbox("TokenLearner", list(TOKENLEARNER_LABELS), format_func=TOKENLEARNER_LABELS.get,
                            key=starting_at(f"{key}_tokenlearner", base.tokenlearner))
     if version == "none":
         return base.replace(depth=depth, tokenlearner="none", fuser=False, pooling="mean",
                             placement=min(base.placement, depth))
-    tokens = st.slider("tokens", 1, MAX_APP_TOKENS, key=starting_at(f"{key}_tokens", min(base.num_tokens, MAX_APP_TOKENS)))
+    tokens = st.slider("tokens", 1, MAX_APP_TOKENS,
+                       key=starting_at(f"{key}_tokens", min(base.num_tokens, MAX_APP_TOKENS)))
     fuser = st.checkbox("TokenFuser", key=starting_at(f"{key}_fuser", base.fuser))
     last = depth - 1 if fuser else depth
     placement_key = starting_at(f"{key}_placement", base.placement)
