@@ -40,7 +40,11 @@ def _quiet(message: str, transient: bool) -> None:
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int):
+    """Keras' AdamW with the recipe's learning rate, warm-up, schedule and weight decay,
+    as `FlatAdamW`: the same updates, in a step that traces and compiles seconds sooner."""
     import keras
+
+    from tokenlearner.adamw import FlatAdamW
 
     learning_rate = config.learning_rate
     if config.schedule == "cosine" or config.warmup_epochs:
@@ -53,7 +57,7 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int):
             warmup_target=config.learning_rate if warmup else None,
             warmup_steps=warmup,
         )
-    return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
+    return FlatAdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
 
 
 class StopFlag:
