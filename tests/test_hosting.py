@@ -97,6 +97,8 @@ def test_a_full_size_folder_is_made_in_the_official_format_from_a_sample(cifar_d
     assert data.train_images.shape == (1000, 32, 32, 3) and data.test_images.shape == (300, 32, 32, 3)
     sample = load_cifar10(cifar_dir)
     assert set(data.train_labels) <= set(sample.train_labels) and data.class_names == sample.class_names
+    # Pixels as raw bytes, as in the sample and the official batches, not as text.
+    assert (folder / "test_batch").stat().st_size < 1.05 * 300 * 3072
     modified = (folder / "test_batch").stat().st_mtime_ns
     make_full_size_folder(cifar_dir, folder, train_images=1000, test_images=300)
     assert (folder / "test_batch").stat().st_mtime_ns == modified, "made once, then reused"

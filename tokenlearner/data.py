@@ -109,7 +109,9 @@ def read_batch(path: Path) -> dict:
     return {key.decode() if isinstance(key, bytes) else key: item for key, item in value.items()}
 
 
-def _images_and_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _rows_and_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's `data` rows (N, 3072: the red, green and blue planes of each image) and
+    its labels, checked."""
     batch = read_batch(path)
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
@@ -118,8 +120,20 @@ def _images_and_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels if labels is not None else [], dtype=np.int64)
     if labels.shape != (len(data),) or (labels.size and not (0 <= labels.min() and labels.max() <= 9)):
         raise DataError(f"{path}: 'labels' must hold {len(data)} class indices from 0 to 9")
-    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), labels.astype(np.int32)
+    return data, labels.astype(np.int32)
+
+
+def _as_images(batches: list[np.ndarray]) -> np.ndarray:
+    """Batches of rows as one (N, 32, 32, 3) array. Copied a colour plane at a time: five
+    times faster than copying the transposed rows whole (docs/performance.md)."""
+    images = np.empty((sum(len(rows) for rows in batches), 32, 32, 3), dtype=np.uint8)
+    start = 0
+    for rows in batches:
+        pixels = images[start : start + len(rows)].reshape(len(rows), 1024, 3)
+        for channel, plane in enumerate(rows.reshape(len(rows), 3, 1024).transpose(1, 0, 2)):
+            pixels[:, :, channel] = plane
+        start += len(rows)
+    return images
 
 
 def load_cifar10(directory: str | os.PathLike, train_images: bool = True) -> Cifar10:
@@ -130,19 +144,21 @@ def load_cifar10(directory: str | os.PathLike, train_images: bool = True) -> Cif
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"{directory} is not a folder")
-    train = []
+    train_rows, train_labels = [], []
     for name in TRAIN_BATCHES:
-        images, labels = _images_and_labels(directory / name)
-        train.append((images if train_images else None, labels))
-    test_images, test_labels = _images_and_labels(directory / TEST_BATCH)
+        rows, labels = _rows_and_labels(directory / name)
+        if train_images:
+            train_rows.append(rows)
+        train_labels.append(labels)
+    test_rows, test_labels = _rows_and_labels(directory / TEST_BATCH)
     names = read_batch(directory / META).get("label_names", CLASS_NAMES)
     class_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     if len(class_names) != 10:
         raise DataError(f"{directory / META}: expected 10 label names, got {len(class_names)}")
     return Cifar10(
-        train_images=np.concatenate([images for images, _ in train]) if train_images else None,
-        train_labels=np.concatenate([labels for _, labels in train]),
-        test_images=test_images,
+        train_images=_as_images(train_rows) if train_images else None,
+        train_labels=np.concatenate(train_labels),
+        test_images=_as_images([test_rows]),
         test_labels=test_labels,
         class_names=class_names,
         directory=directory,
@@ -154,10 +170,10 @@ def read_train_images(directory: str | os.PathLike, indices: list[int]) -> np.nd
     order), reading one batch at a time and keeping only those rows."""
     wanted, found, start = np.asarray(indices), {}, 0
     for name in TRAIN_BATCHES:
-        images, _ = _images_and_labels(Path(directory) / name)
-        for index in wanted[(wanted >= start) & (wanted < start + len(images))]:
-            found[int(index)] = images[index - start]
-        start += len(images)
+        rows, _ = _rows_and_labels(Path(directory) / name)
+        for index in wanted[(wanted >= start) & (wanted < start + len(rows))]:
+            found[int(index)] = _as_images([rows[index - start : index - start + 1]])[0]
+        start += len(rows)
     missing = [index for index in indices if index not in found]
     if missing:
         raise DataError(f"{directory} has {start} training images: no image {missing[0]}")
