@@ -124,6 +124,21 @@ def test_a_stop_request_ends_the_run_cleanly(how, small_cifar, tmp_path):
     assert summary["epochs_completed"] == sum(epoch["complete"] for epoch in run.epochs()) < 50
 
 
+def test_commands_load_keras_without_pandas_or_matplotlib_which_stay_importable():
+    # Keras imports both whenever they are installed; no command needs them, and they cost
+    # 0.5-1 s of every command's start.
+    script = ("import sys\n"
+              "from tokenlearner.cli import import_keras_quietly\n"
+              "import_keras_quietly()\n"
+              "print(sorted(name for name in ('pandas', 'pyarrow', 'matplotlib') if name in sys.modules))\n"
+              "import pandas\n"
+              "from keras.src.trainers.data_adapters import array_slicing\n"
+              "print(array_slicing.pandas is None, pandas.DataFrame({'a': [1, 2]}).shape)\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "True (2, 1)"]
+
+
 def test_a_run_stopped_before_its_first_step_says_it_saved_nothing(small_cifar, tmp_path):
     run = RunDirectory(tmp_path / "run")
     process = start_training(run.path, small_cifar, "--epochs", "5")

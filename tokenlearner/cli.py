@@ -28,6 +28,10 @@ from tokenlearner.search import SCHEDULERS
 # What each of these says is meant for the user: main prints it as one line, as a UsageError.
 USER_ERRORS = (UsageError, DataError, ImageError, RunError, ComparisonError, BuildError)
 REFERENCE_PAIRS = 3
+# Keras imports pandas and matplotlib.pyplot whenever they are installed (Streamlit brings
+# pandas, and pandas pyarrow), for DataFrame inputs and plotting helpers that no command
+# gives it or calls: 0.5-1 s of every command's start (docs/performance.md).
+KERAS_OPTIONAL_IMPORTS = ("pandas", "matplotlib")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,15 +54,21 @@ def import_keras_quietly(one_thread_per_op: bool = False) -> None:
     start-up notices there (oneDNN, CUDA) before any log level applies, and they would
     bury the one-line errors this command line promises. Set TF_CPP_MIN_LOG_LEVEL to
     see TensorFlow's own logs again. `one_thread_per_op` is for the commands that train or
-    evaluate with `Steps` (see `steps.use_one_thread_per_op`)."""
+    evaluate with `Steps` (see `steps.use_one_thread_per_op`). Keras loads as if
+    `KERAS_OPTIONAL_IMPORTS` were not installed; they stay importable afterwards."""
     if "keras" not in sys.modules:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         sys.stderr.flush()
         saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        # A None in sys.modules makes an import raise ImportError, which Keras takes as "not installed".
+        hidden = [name for name in KERAS_OPTIONAL_IMPORTS if name not in sys.modules]
         try:
             os.dup2(devnull, 2)
+            sys.modules.update(dict.fromkeys(hidden))
             import keras  # noqa: F401
         finally:
+            for name in hidden:
+                del sys.modules[name]
             os.dup2(saved, 2)
             os.close(saved)
             os.close(devnull)
