@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tokenlearner.layers import (
+    Dense,
     GroupedDense,
     ImagePreprocessing,
     MultiHeadSelfAttention,
@@ -224,3 +225,28 @@ def test_grouped_dense_is_a_grouped_pointwise_convolution():
     conv.set_weights([np.concatenate(list(kernel), axis=1)[None, None]])
     expected = np.asarray(conv(SEQUENCE.reshape(2, 4, 4, 8))).reshape(2, 16, 12)
     np.testing.assert_allclose(np.asarray(layer(SEQUENCE)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_is_keras_dense_as_one_2d_product_without_tensordots_shape_ops(tmp_path):
+    import tensorflow as tf
+
+    ours, theirs = Dense(5, activation="gelu"), keras.layers.Dense(5, activation="gelu")
+    ours.build(SEQUENCE.shape)
+    theirs.build(SEQUENCE.shape)
+    theirs.set_weights(ours.get_weights())
+    for inputs in (SEQUENCE, CLIP_SEQUENCE.reshape(2, 2, 16, 8)):  # (B, N, C), and (B, slices, N, C)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours(inputs)),
+                                      keras.ops.convert_to_numpy(theirs(inputs)))
+    open_batch = tf.TensorSpec((None, 16, 8), tf.float32)
+    graphs = [tf.function(layer).get_concrete_function(open_batch) for layer in (ours, theirs)]
+    assert graphs[0].structured_outputs.shape.as_list() == [None, 16, 5]
+    # Keras' tensordot reads the open batch size at run time and rebuilds the shapes from it.
+    shape_ops = {"Shape", "GatherV2", "Prod", "ConcatV2", "Transpose"}
+    assert not shape_ops & {op.type for op in graphs[0].graph.get_operations()}
+    assert shape_ops <= {op.type for op in graphs[1].graph.get_operations()}
+    model = _functional(ours, (SEQUENCE,))
+    model.save(tmp_path / "dense.keras")
+    restored = keras.models.load_model(tmp_path / "dense.keras")
+    assert isinstance(restored.layers[-1], Dense)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(restored(SEQUENCE)),
+                                  keras.ops.convert_to_numpy(model(SEQUENCE)))

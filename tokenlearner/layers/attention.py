@@ -2,6 +2,7 @@ import keras
 from keras import layers, ops
 
 from tokenlearner import native
+from tokenlearner.layers.dense import Dense, project
 from tokenlearner.layers.dropout import Dropout
 
 
@@ -29,9 +30,9 @@ class MultiHeadSelfAttention(layers.Layer):
     def build(self, input_shape):
         width = input_shape[-1]
         inner = self.num_heads * self.key_dim
-        self.qkv = layers.Dense(3 * inner, name="qkv")
+        self.qkv = Dense(3 * inner, name="qkv")
         self.qkv.build(input_shape)
-        self.output_projection = layers.Dense(width, name="output_projection")
+        self.output_projection = Dense(width, name="output_projection")
         self.output_projection.build(tuple(input_shape[:-1]) + (inner,))
         self.attention_dropout = Dropout(self.dropout, name="attention_dropout")
 
@@ -40,7 +41,7 @@ class MultiHeadSelfAttention(layers.Layer):
         # on the kernel's thirds cost less than copying the output's thirds apart and
         # concatenating their gradients (docs/performance.md, "The attention from the fused kernel's thirds").
         query, key, value = (
-            ops.add(ops.matmul(x, kernel), bias)
+            ops.add(project(x, kernel), bias)
             for kernel, bias in zip(ops.split(self.qkv.kernel, 3, axis=-1), ops.split(self.qkv.bias, 3, axis=-1))
         )
         seeds = self.attention_dropout.seed_generator if self.dropout > 0 else None  # Keras makes none for rate 0

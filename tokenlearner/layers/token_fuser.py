@@ -2,6 +2,7 @@ import keras
 from keras import layers, ops
 
 from tokenlearner import native
+from tokenlearner.layers.dense import Dense
 from tokenlearner.layers.layer_normalization import LayerNormalization
 from tokenlearner.layers.token_learner import join_slices, slice_maps, split_slices, square_grid
 
@@ -38,15 +39,15 @@ class TokenFuser(layers.Layer):
         self.grid_size = square_grid(original_shape[1] // self.temporal_slices)
         self.tokens_norm = LayerNormalization(epsilon=self.epsilon, name="tokens_norm")
         self.tokens_norm.build(tokens_shape)
-        self.token_mixer = layers.Dense(self.num_tokens, kernel_initializer="zeros", name="token_mixer")
+        self.token_mixer = Dense(self.num_tokens, kernel_initializer="zeros", name="token_mixer")
         self.token_mixer.build((None, tokens_shape[2], self.num_tokens))
         self.mixed_norm = LayerNormalization(epsilon=self.epsilon, name="mixed_norm")
         self.mixed_norm.build(tokens_shape)
         self.original_norm = LayerNormalization(epsilon=self.epsilon, name="original_norm")
         self.original_norm.build(original_shape)
-        self.gate_hidden = layers.Dense(self.bottleneck_dim, name="gate_hidden")
+        self.gate_hidden = Dense(self.bottleneck_dim, name="gate_hidden")
         self.gate_hidden.build(original_shape)
-        self.gate_output = layers.Dense(self.num_tokens, name="gate_output")
+        self.gate_output = Dense(self.num_tokens, name="gate_output")
         self.gate_output.build(tuple(original_shape[:-1]) + (self.bottleneck_dim,))
 
     def call(self, tokens, original, return_maps=False):

@@ -17,6 +17,7 @@ from keras import layers, ops
 
 from tokenlearner import native
 from tokenlearner.config import POOLINGS, V11_STYLES
+from tokenlearner.layers.dense import Dense
 from tokenlearner.layers.grouped_dense import GroupedDense
 from tokenlearner.layers.layer_normalization import LayerNormalization
 
@@ -154,14 +155,14 @@ class TokenLearnerV11(layers.Layer):
             # 1x1 convolutions are per-position Dense layers: no reshape to the grid needed.
             self.selector_grouped = GroupedDense(channels, self.groups, name="selector_grouped")
             self.selector_grouped.build(input_shape)
-            self.selector = layers.Dense(self.num_tokens, use_bias=False, name="selector")
+            self.selector = Dense(self.num_tokens, use_bias=False, name="selector")
             self.selector.build(input_shape)
             self.feature_grouped = GroupedDense(channels, self.groups, name="feature_grouped")
             self.feature_grouped.build(input_shape)
         else:
-            self.selector_hidden = layers.Dense(self.bottleneck_dim, name="selector_hidden")
+            self.selector_hidden = Dense(self.bottleneck_dim, name="selector_hidden")
             self.selector_hidden.build(input_shape)
-            self.selector = layers.Dense(self.num_tokens, name="selector")
+            self.selector = Dense(self.num_tokens, name="selector")
             self.selector.build(tuple(input_shape[:-1]) + (self.bottleneck_dim,))
 
     def call(self, x, return_maps=False):

@@ -3,6 +3,7 @@ from keras import layers
 
 from tokenlearner import native
 from tokenlearner.layers.attention import MultiHeadSelfAttention
+from tokenlearner.layers.dense import Dense
 from tokenlearner.layers.dropout import Dropout
 from tokenlearner.layers.layer_normalization import LayerNormalization
 
@@ -50,7 +51,7 @@ class TransformerBlock(layers.Layer):
         self.mlp_dense = []
         width = input_shape[-1]
         for index, units in enumerate(self.mlp_units):
-            dense = layers.Dense(units, name=f"mlp_dense_{index}")
+            dense = Dense(units, name=f"mlp_dense_{index}")
             dense.build(tuple(input_shape[:-1]) + (width,))
             self.mlp_dense.append(dense)
             width = units
