@@ -35,7 +35,7 @@ from tokenlearner.app_server import app_server
 from tokenlearner.data import META, TEST_BATCH, TRAIN_BATCHES, load_cifar10
 
 FULL_TRAIN_IMAGES, FULL_TEST_IMAGES = 50_000, 10_000
-PROTOCOL = 3
+BATCH_PICKLE_PROTOCOL = 3
 PICTURE = '[data-testid="stImage"] img, [data-testid="stPlotlyChart"] .main-svg'
 # What the server has sent once a picture's element is on the page, before the browser has drawn it.
 DELIVERED = '[data-testid="stImage"], [data-testid="stPlotlyChart"]'
@@ -56,7 +56,8 @@ def make_full_size_folder(sample: str | os.PathLike, folder: str | os.PathLike, 
     the official batches take 31. A folder already made with these sizes is reused."""
     folder, sample_data = Path(folder), load_cifar10(sample)
     sizes = (*[train_images // len(TRAIN_BATCHES)] * len(TRAIN_BATCHES), test_images)
-    marker, made_from = folder / ".made-from", f"{Path(sample).resolve()} {sizes} {seed} protocol {PROTOCOL}"
+    marker = folder / ".made-from"
+    made_from = f"{Path(sample).resolve()} {sizes} {seed} protocol {BATCH_PICKLE_PROTOCOL}"
     if marker.is_file() and marker.read_text() == made_from:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,7 @@ def make_full_size_folder(sample: str | os.PathLike, folder: str | os.PathLike, 
         batch = {b"batch_label": name.encode(), b"labels": source_labels[picked].tolist(),
                  b"data": np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(rows, 3072)),
                  b"filenames": [f"rehearsal_{index}.png".encode() for index in range(rows)]}
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=PROTOCOL))
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=BATCH_PICKLE_PROTOCOL))
     shutil.copyfile(Path(sample) / META, folder / META)
     marker.write_text(made_from)
     return folder
