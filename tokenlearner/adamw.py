@@ -2,12 +2,13 @@
 
 Keras' AdamW builds its update one weight at a time: 58 graph ops per weight, the
 learning-rate schedule traced again for each weight's decay; the keras.io model's step
-held 3,190 to 3,873 ops. Tracing and first running the optimizer alone took 1.8-2.4 s,
-a third of the step's tracing and first call (5.6 s on a 2-core Zen 3). `FlatAdamW` lays every weight and gradient end to
-end in one vector and applies Keras' AdamW to it: the same operations on every element in
-the same order, so the same weights to the bit (tests/test_adamw.py), in 10 ops per
-weight (a read, the reshapes, a slice and an assignment) and some 20 for the vector; the
-step holds about 1,000 (docs/performance.md).
+held 3,190 to 3,873 ops. Tracing and first running the optimizer alone took 1.8-2.4 s, a
+third of the step's tracing and first call (5.6 s on a 2-core Zen 3). `FlatAdamW` lays
+every weight and gradient end to end in one vector and applies Keras' AdamW to it: the
+same operations on every element in the same order, so the same weights to the bit
+(tests/test_adamw.py), in 10 ops per weight (a read, the reshapes, a slice and an
+assignment) and some 20 for the vector; the step holds about 1,000
+(docs/performance.md).
 
 Imported only where TensorFlow runs, as it subclasses Keras' optimizer."""
 
